@@ -1,0 +1,134 @@
+"""Group-relative advantages: how much better one rollout did than its siblings.
+
+The group (``group_size`` rollouts of one task) is the baseline: no value
+network, the other samples of the same prompt say what "expected" looks like.
+Each estimator is a pure function over the rewards of a group, ``rewards [G]``
+or a batch of equal-size groups ``rewards [B, G]`` (reduced over the last
+dimension), chosen by a typed :class:`AdvantageEstimator` from a registry:
+
+``grpo``     z-score, ``A_i = (r_i - mean(r)) / (std(r) + eps)``.
+             GRPO, Shao et al. 2024, "DeepSeekMath", §4.1.2. ``std`` is the
+             sample (Bessel-corrected) standard deviation, as in TRL/torchtune.
+``dr_grpo``  mean-centred only, ``A_i = r_i - mean(r)``. Liu et al. 2025,
+             "Understanding R1-Zero-like Training" (Dr. GRPO): dividing by the
+             std up-weights near-unanimous groups (too easy / too hard tasks),
+             a question-level difficulty bias; dropping it removes the bias.
+``rloo``     leave-one-out, ``A_i = r_i - mean_{j != i}(r_j) = G/(G-1) (r_i - mean(r))``.
+             Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style
+             Optimization for Learning from Human Feedback in LLMs" (RLOO);
+             Kool et al. 2019: the baseline excludes the sample itself, so it
+             is unbiased.
+
+Zero-variance groups (all rewards equal within ``1e-6``) carry no learning
+signal under any of these estimators: :func:`compute_advantages` flags them
+(and sets their advantages to exactly 0, not to a float-noise residue divided
+by ``eps``) so the trainer can filter and count them (DAPO's "dynamic
+sampling", Yu et al. 2025, drops such groups). A group of one is
+zero-variance by definition.
+
+Infrastructure-failed trajectories (``Trajectory.is_infra_failure``) are
+excluded by the caller *before* this module: their reward says nothing about
+the policy, and counting them as 0 would punish the model for a network error.
+Groups therefore may have different sizes, which is why
+:func:`compute_advantages` takes ragged lists.
+
+:func:`discounted_turn_returns` serves the per-turn reward option: a reward per
+assistant turn becomes the discounted return ``R_t = r_t + gamma R_{t+1}``
+of each turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+ZERO_VARIANCE_TOL = 1e-6
+
+
+class AdvantageEstimator(str, Enum):
+    """Which group baseline turns rewards into advantages."""
+
+    GRPO = "grpo"
+    DR_GRPO = "dr_grpo"
+    RLOO = "rloo"
+
+
+def group_zscore(rewards: Tensor, eps: float = 1e-6) -> Tensor:
+    """GRPO: ``(r - mean) / (std + eps)`` within each group.
+
+    rewards: [..., G] -> advantages [..., G]
+    """
+    mean = rewards.mean(dim=-1, keepdim=True)  # [..., 1]
+    std = rewards.std(dim=-1, keepdim=True)  # [..., 1], Bessel-corrected
+    return (rewards - mean) / (std + eps)
+
+
+def group_mean(rewards: Tensor) -> Tensor:
+    """Dr. GRPO: ``r - mean`` within each group (no std normalisation).
+
+    rewards: [..., G] -> advantages [..., G]
+    """
+    return rewards - rewards.mean(dim=-1, keepdim=True)
+
+
+def leave_one_out(rewards: Tensor) -> Tensor:
+    """RLOO: ``r_i - mean of the other G-1 rewards`` within each group (needs G >= 2).
+
+    rewards: [..., G] -> advantages [..., G]
+    """
+    g = rewards.shape[-1]
+    if g < 2:
+        raise ValueError("leave-one-out needs at least 2 rewards per group")
+    others_mean = (rewards.sum(dim=-1, keepdim=True) - rewards) / (g - 1)  # [..., G]
+    return rewards - others_mean
+
+
+ADVANTAGE_ESTIMATORS: dict[AdvantageEstimator, Callable[[Tensor], Tensor]] = {
+    AdvantageEstimator.GRPO: group_zscore,
+    AdvantageEstimator.DR_GRPO: group_mean,
+    AdvantageEstimator.RLOO: leave_one_out,
+}
+
+
+def is_zero_variance(rewards: Tensor, tol: float = ZERO_VARIANCE_TOL) -> Tensor:
+    """True for groups whose rewards are all equal within ``tol`` (max - min <= tol).
+
+    rewards: [..., G] -> [...] bool
+    """
+    return (rewards.amax(dim=-1) - rewards.amin(dim=-1)) <= tol
+
+
+def compute_advantages(
+    rewards_by_group: list[list[float]],
+    estimator: AdvantageEstimator | str,
+) -> tuple[list[list[float]], list[bool]]:
+    """Advantages for ragged groups (infra failures already removed).
+
+    Returns ``(advantages, zero_variance)``: ``advantages[k][i]`` belongs to
+    ``rewards_by_group[k][i]``; ``zero_variance[k]`` flags group ``k`` (its
+    advantages are exactly 0). Computed in float64 so equal rewards stay equal.
+    """
+    fn = ADVANTAGE_ESTIMATORS[AdvantageEstimator(estimator)]
+    advantages: list[list[float]] = []
+    zero_variance: list[bool] = []
+    for rewards in rewards_by_group:
+        r = torch.tensor(rewards, dtype=torch.float64)  # [G_k]
+        flat = r.numel() < 2 or bool(is_zero_variance(r))
+        zero_variance.append(flat)
+        advantages.append([0.0] * r.numel() if flat else fn(r).tolist())
+    return advantages, zero_variance
+
+
+def discounted_turn_returns(turn_rewards: list[float], gamma: float) -> list[float]:
+    """Per-turn returns ``R_t = r_t + gamma * R_{t+1}`` (``R_T = r_T``), one per turn."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+    returns = [0.0] * len(turn_rewards)
+    running = 0.0
+    for t in range(len(turn_rewards) - 1, -1, -1):
+        running = turn_rewards[t] + gamma * running
+        returns[t] = running
+    return returns

@@ -1,0 +1,273 @@
+"""The ``agentrft`` command line.
+
+Thin on purpose: each command parses options, builds the typed pieces and
+calls library functions (:mod:`agentrft.evaluation`, the trainers, the grader
+tools), so everything the CLI does is also a Python API.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from agentrft.errors import AgentRFTError
+
+
+def _fail(e: Exception) -> None:
+    click.secho(f"error: {e}", fg="red", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """agentrft: reinforcement fine-tuning of tool-using agents."""
+
+
+@main.command("models")
+def models_cmd() -> None:
+    """List the bundled model names (any local Hugging Face model folder works too)."""
+    from agentrft.models.loading import available_models
+
+    for name in available_models():
+        click.echo(name)
+
+
+@main.command("envs")
+def envs_cmd() -> None:
+    """List the built-in environments."""
+    from agentrft.envs.registry import available_envs
+
+    for name in available_envs():
+        click.echo(name)
+
+
+def rollout_options(f):
+    """Options shared by the commands that roll out a model."""
+    opts = [
+        click.option("--model", default="smollm2-135m", show_default=True, help="Bundled model name or local HF model folder."),
+        click.option("--env", "env_name", default="finance", show_default=True, help="Built-in environment."),
+        click.option("--split", default="validation", show_default=True),
+        click.option("--temperature", type=float, default=0.7, show_default=True),
+        click.option("--top-p", type=float, default=1.0, show_default=True),
+        click.option("--max-turns", type=int, default=6, show_default=True),
+        click.option("--max-new-tokens", type=int, default=160, show_default=True, help="Per assistant turn."),
+        click.option("--max-total-tokens", type=int, default=2048, show_default=True, help="Per rollout."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--chat-format", default="auto", show_default=True, type=click.Choice(["auto", "hermes", "template"])),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _build(model: str, chat_format: str):
+    from agentrft.models.chat_format import get_chat_format
+    from agentrft.models.loading import load_model
+    from agentrft.rollout.hf_sampler import HFSampler
+
+    lm, tok = load_model(model)
+    return HFSampler(lm, pad_token_id=tok.pad_token_id), get_chat_format(tok, chat_format)
+
+
+def _rollout_config(temperature, top_p, max_turns, max_new_tokens, max_total_tokens, seed):
+    from agentrft.rollout.episode import RolloutConfig
+
+    return RolloutConfig(max_turns=max_turns, max_new_tokens=max_new_tokens, max_total_tokens=max_total_tokens,
+                         temperature=temperature, top_p=top_p, seed=seed)
+
+
+def run_eval(model, env_name, split, limit, samples, out, batch_size, rcfg, chat_format, data=None, quiet=False) -> dict:
+    """Shared by ``eval`` and ``quickstart``: returns the summary dict (also written to OUT)."""
+    from tqdm import tqdm
+
+    from agentrft.envs.registry import get_env
+    from agentrft.evaluation import evaluate_rows, summarize, write_eval_outputs
+
+    env = get_env(env_name)
+    if data:
+        from agentrft.datasets import load_jsonl_dataset
+
+        loaded = load_jsonl_dataset(data)
+        for err in loaded.errors:
+            click.secho(f"skipped {err.path}:{err.line}: {err.message}", fg="yellow", err=True)
+        rows = loaded.rows
+    else:
+        if split not in env.splits:
+            raise AgentRFTError(f"environment {env_name!r} has no split {split!r}; splits: {', '.join(env.splits)}")
+        rows = env.load_split(split)
+    rows = rows[:limit] if limit else rows
+    t0 = time.perf_counter()
+    sampler, cf = _build(model, chat_format)
+    with tqdm(total=len(rows) * samples, desc=f"eval {env_name}/{split}", unit="rollout", disable=quiet) as bar:
+        graded = evaluate_rows(rows, env, sampler, cf, rcfg, samples=samples, batch_size=batch_size, progress=bar.update)
+    summary = summarize(graded, wall_s=time.perf_counter() - t0)
+    summary.update(model=model, env=env_name, split=split if not data else str(data), samples=samples)
+    write_eval_outputs(out, graded, summary)
+    return summary
+
+
+def print_summary_table(rows: dict[str, dict]) -> None:
+    """One column per stage/run: reward, accuracy, tool calls, tool errors, tokens, wall time."""
+    metrics = [
+        ("reward_mean", "mean reward", "{:.3f}"),
+        ("accuracy", "accuracy", "{:.1%}"),
+        ("tool_calls_per_rollout", "tool calls / rollout", "{:.2f}"),
+        ("tool_call_rate", "rollouts with a tool call", "{:.1%}"),
+        ("tool_error_rate", "tool error rate", "{:.1%}"),
+        ("tokens_mean", "tokens / rollout", "{:.0f}"),
+        ("latency_s_mean", "latency / rollout (s)", "{:.2f}"),
+        ("wall_s", "wall time (s)", "{:.1f}"),
+    ]
+    names = list(rows)
+    width = max(len(m[1]) for m in metrics) + 2
+    click.echo("".ljust(width) + "".join(n.rjust(14) for n in names))
+    for key, label, fmt in metrics:
+        cells = []
+        for n in names:
+            v = rows[n].get(key)
+            cells.append((fmt.format(v) if isinstance(v, (int, float)) else "-").rjust(14))
+        click.echo(label.ljust(width) + "".join(cells))
+
+
+@main.command("eval")
+@rollout_options
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N tasks.")
+@click.option("--samples", type=int, default=1, show_default=True, help="Rollouts per task.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Rollouts sampled together.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None, help="JSONL task file (OpenAI RFT format) instead of a built-in split.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Writes summary.json and trajectories.jsonl here.")
+def eval_cmd(model, env_name, split, temperature, top_p, max_turns, max_new_tokens, max_total_tokens, seed, chat_format,
+             limit, samples, batch_size, data, out):
+    """Roll out MODEL on an environment's tasks, grade, and summarise."""
+    try:
+        rcfg = _rollout_config(temperature, top_p, max_turns, max_new_tokens, max_total_tokens, seed)
+        summary = run_eval(model, env_name, split, limit, samples, out, batch_size, rcfg, chat_format, data=data)
+    except AgentRFTError as e:
+        _fail(e)
+    print_summary_table({"eval": summary})
+    click.echo(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'trajectories.jsonl'}")
+
+
+KIND_STYLES = {"prompt": dict(fg="bright_black"), "sampled": dict(fg="green"), "env": dict(fg="yellow")}
+
+
+def render_token_kinds(traj, decode, color: bool) -> str:
+    """The trajectory's text with each run of same-kind tokens marked: [prompt]..., [sampled]..., [env]..."""
+    out = []
+    i, n = 0, len(traj.token_ids)
+    while i < n:
+        j = i
+        while j < n and traj.token_kinds[j] == traj.token_kinds[i]:
+            j += 1
+        kind = traj.token_kinds[i]
+        text = decode(traj.token_ids[i:j])
+        seg = f"⟦{kind} ×{j - i}⟧{text}"
+        out.append(click.style(seg, **KIND_STYLES[kind]) if color else seg)
+        i = j
+    return "".join(out)
+
+
+@main.command("rollout")
+@rollout_options
+@click.option("--index", type=int, default=0, show_default=True, help="Which task of the split.")
+@click.option("--json", "as_json", is_flag=True, help="Print the trajectory record as JSON.")
+def rollout_cmd(model, env_name, split, temperature, top_p, max_turns, max_new_tokens, max_total_tokens, seed, chat_format,
+                index, as_json):
+    """Roll out one task and pretty-print the trajectory with token kinds visible."""
+    from agentrft.envs.registry import get_env
+    from agentrft.evaluation import grade_safely
+    from agentrft.rollout.episode import run_episodes
+
+    try:
+        env = get_env(env_name)
+        rows = env.load_split(split)
+        if not 0 <= index < len(rows):
+            raise AgentRFTError(f"--index {index} out of range: split {split!r} has {len(rows)} tasks")
+        row = rows[index]
+        sampler, cf = _build(model, chat_format)
+        rcfg = _rollout_config(temperature, top_p, max_turns, max_new_tokens, max_total_tokens, seed)
+        (traj,) = run_episodes([row], env.make_env, sampler, cf, rcfg)
+    except AgentRFTError as e:
+        _fail(e)
+    grade = grade_safely(env.grade, traj, row)
+    if as_json:
+        d = traj.to_dict()
+        d["grade"] = grade.to_dict()
+        click.echo(json.dumps(d, indent=2, ensure_ascii=False))
+        return
+    click.echo(render_token_kinds(traj, cf.decode, color=sys.stdout.isatty()))
+    click.echo("")
+    for r in traj.tool_calls:
+        status = "ok" if r.error is None else f"ERROR {r.error.kind.value}"
+        click.echo(f"tool call turn {r.turn}: {r.call.name}({json.dumps(r.call.arguments)}) -> {status} in {r.latency_s * 1000:.1f} ms")
+    click.echo(f"stop: {traj.stop_reason.value if traj.stop_reason else None}  turns: {traj.turns}  tokens: "
+               f"{traj.num_tokens} (sampled {traj.num_sampled_tokens})  reward: {grade.reward:.3f}  trace_id: {traj.trace_id}")
+
+
+@main.command("train")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue the run in out_dir from its latest valid checkpoint.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Override out_dir.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set training.max_steps=3 (value parsed as YAML).")
+def train_cmd(config, resume, out_dir, overrides):
+    """Train with CONFIG.yaml (method: sft | dpo | rft)."""
+    import yaml
+
+    from agentrft.config import load_config
+    from agentrft.train.runner import run_job
+
+    try:
+        ov = {}
+        for item in overrides:
+            if "=" not in item:
+                raise AgentRFTError(f"--set expects KEY=VALUE, got {item!r}")
+            key, value = item.split("=", 1)
+            ov[key] = yaml.safe_load(value)
+        if out_dir:
+            ov["out_dir"] = out_dir
+        cfg = load_config(config, ov)
+        result = run_job(cfg, resume=resume, log=click.echo)
+    except AgentRFTError as e:
+        _fail(e)
+    print_summary_table({"final eval": result.final_eval})
+    click.echo(f"run directory: {result.run_dir}  steps: {result.steps}"
+               + ("  (stopped early: validation plateau)" if result.stopped_early else ""))
+
+
+@main.command("quickstart")
+@click.option("--out", type=click.Path(file_okay=False), default="quickstart-out", show_default=True)
+@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("--limit", type=int, default=32, show_default=True, help="Validation tasks to evaluate.")
+def quickstart_cmd(out, model, limit):
+    """The pragmatic path on the finance environment with the bundled model (measure first)."""
+    from agentrft.rollout.episode import RolloutConfig
+
+    t0 = time.perf_counter()
+    rcfg = RolloutConfig(max_turns=4, max_new_tokens=128, max_total_tokens=2048, temperature=0.7, seed=0)
+    try:
+        baseline = run_eval(model, "finance", "validation", limit, 1, Path(out) / "baseline", 8, rcfg, "auto")
+    except AgentRFTError as e:
+        _fail(e)
+    result = {"baseline": baseline, "wall_s": time.perf_counter() - t0}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
+    print_summary_table({"baseline": baseline})
+    click.echo(f"wrote {Path(out) / 'quickstart.json'}")
+
+
+def _register_groups() -> None:
+    """Command groups that live next to their subsystem."""
+    from agentrft.graders.cli import grader as grader_group
+
+    main.add_command(grader_group, "grader")
+
+
+_register_groups()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

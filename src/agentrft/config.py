@@ -1,0 +1,255 @@
+"""One typed config for every job: the single source of truth.
+
+A training job is one YAML file (``agentrft train CONFIG.yaml``). Each section
+is a pydantic model with ``extra="forbid"``: an unknown or misspelt key is an
+error naming its path, never a silent no-op. Combinations that cannot work
+(DPO without pairs, GSPO with per-turn rewards, ...) are rejected at load time
+with a clear message, before any model is loaded. The resolved config (all
+defaults filled in) is saved with every run.
+
+OpenAI's fine-tuning hyperparameters are accepted under ``hyperparameters``
+with their OpenAI names and mapped onto ours (see :meth:`JobConfig.resolved`):
+``n_epochs``, ``batch_size``, ``learning_rate_multiplier``, ``eval_interval``,
+``eval_samples``, ``compute_multiplier`` (→ group size) and ``seed``.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agentrft.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+
+
+class Method(str, Enum):
+    SFT = "sft"
+    DPO = "dpo"
+    RFT = "rft"
+
+
+class AdvantageName(str, Enum):
+    GRPO = "grpo"
+    DR_GRPO = "dr_grpo"
+    RLOO = "rloo"
+
+
+class LossName(str, Enum):
+    PPO_CLIP = "ppo_clip"
+    DAPO = "dapo"
+    GSPO = "gspo"
+
+
+class DataConfig(_Section):
+    env: str = "finance"
+    """Built-in environment providing tasks, per-rollout tools and the default grader."""
+    train_split: str = "train"
+    eval_split: str = "validation"
+    train_file: str | None = None
+    """JSONL task file (OpenAI RFT format) used instead of ``train_split``."""
+    eval_file: str | None = None
+    demonstrations: str | None = None
+    """SFT/DPO: name of the environment's oracle policy that writes demonstrations (e.g. ``verbose``)."""
+    rejected_demonstrations: str | None = None
+    """DPO: oracle policy whose conversations are the rejected side of each pair."""
+    demonstrations_file: str | None = None
+    """SFT: JSONL of complete conversations (``messages`` with the assistant turns to imitate)."""
+    pairs_file: str | None = None
+    """DPO: JSONL of ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` message lists."""
+    limit_train: int | None = None
+    limit_eval: int | None = None
+
+
+class LoraConfig(_Section):
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: float = 32.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class OptimConfig(_Section):
+    learning_rate: float = Field(1e-4, gt=0)
+    """Base learning rate; OpenAI's ``learning_rate_multiplier`` scales it."""
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = Field(1.0, gt=0)
+    grad_accum_steps: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    micro_batch_size: int = Field(8, ge=1)
+    """Sequences per forward/backward pass (memory bound); gradients accumulate over a step."""
+
+
+class RFTConfig(_Section):
+    group_size: int = Field(4, ge=2)
+    """Rollouts per task (the group advantages are computed over)."""
+    advantage: AdvantageName = AdvantageName.GRPO
+    loss: LossName = LossName.PPO_CLIP
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] | None = None
+    """How per-token losses are averaged; default: the loss's own (DAPO token_mean, else seq_mean_token_mean).
+    ``seq_mean_token_sum_norm`` is Dr.GRPO's constant normaliser (``rollout.max_total_tokens``)."""
+    clip_eps_low: float = Field(0.2, gt=0)
+    clip_eps_high: float = Field(0.28, gt=0)
+    beta: float = Field(0.0, ge=0)
+    """KL-to-reference weight (k3 estimator); 0 disables the reference model."""
+    updates_per_batch: int = Field(1, ge=1)
+    """Optimizer passes over each sampled batch (old logprobs fixed at sampling time)."""
+    filter_zero_variance: bool = True
+    """Drop groups whose rewards are all equal (no learning signal); counted in metrics."""
+    per_turn_rewards: bool = False
+    gamma: float = Field(1.0, ge=0, le=1)
+
+
+class DPOConfig(_Section):
+    beta: float = Field(0.1, gt=0)
+
+
+class RolloutSection(_Section):
+    max_turns: int = Field(4, ge=1)
+    max_new_tokens: int = Field(128, ge=1)
+    max_total_tokens: int = Field(2048, ge=16)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    tool_timeout_s: float = Field(30.0, gt=0)
+    max_tool_calls: int = Field(16, ge=0)
+    eval_temperature: float = Field(0.0, ge=0)
+    """Sampling temperature for validation evals (0 = greedy, lower-variance figures)."""
+
+
+class Hyperparameters(_Section):
+    """OpenAI fine-tuning names; ``None`` keeps agentrft's value."""
+
+    n_epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    learning_rate_multiplier: float | None = Field(None, gt=0)
+    eval_interval: int | None = Field(None, ge=1)
+    eval_samples: int | None = Field(None, ge=1)
+    compute_multiplier: float | None = Field(None, gt=0)
+    seed: int | None = None
+    reasoning_effort: str | None = None  # accepted for compatibility; has no effect on local models
+
+
+class TrainingConfig(_Section):
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps; default: one pass over the training tasks × ``n_epochs``."""
+    n_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    """Tasks per step (RFT samples ``group_size`` rollouts of each)."""
+    eval_interval: int = Field(5, ge=1)
+    eval_samples: int = Field(32, ge=1)
+    """Validation tasks evaluated at each eval."""
+    early_stop_patience: int | None = Field(None, ge=1)
+    """Stop when validation reward has not improved by ``early_stop_min_delta`` for this many evals."""
+    early_stop_min_delta: float = 0.0
+    keep_best_k: int = Field(2, ge=1)
+    checkpoint_interval: int = Field(5, ge=1)
+    max_bad_steps: int = Field(3, ge=1)
+    """Non-finite loss/gradient steps in a row before the run stops (last checkpoint intact)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto = float32 on CPU (bf16 is ~100× slower on CPUs), bfloat16 on GPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class JobConfig(_Section):
+    method: Method
+    model: str = "smollm2-135m"
+    chat_format: Literal["auto", "hermes", "template"] = "auto"
+    seed: int = 0
+    out_dir: str | None = None
+    """Run directory; default ``runs/<method>-<timestamp>``."""
+    init_from: str | None = None
+    """Start from another run's best/latest weights (a run directory), e.g. RFT after SFT."""
+    data: DataConfig = DataConfig()
+    lora: LoraConfig = LoraConfig()
+    optim: OptimConfig = OptimConfig()
+    training: TrainingConfig = TrainingConfig()
+    rft: RFTConfig = RFTConfig()
+    dpo: DPOConfig = DPOConfig()
+    rollout: RolloutSection = RolloutSection()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    grader: dict[str, Any] | str | None = None
+    """Grader spec (OpenAI JSON, inline or a path); default: the environment's grader."""
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "JobConfig":
+        if self.method == Method.DPO and not (self.data.pairs_file or (self.data.demonstrations and self.data.rejected_demonstrations)):
+            raise ValueError("method 'dpo' needs data.pairs_file, or data.demonstrations and data.rejected_demonstrations")
+        if self.method == Method.SFT and not (self.data.demonstrations or self.data.demonstrations_file):
+            raise ValueError("method 'sft' needs data.demonstrations (an oracle policy name) or data.demonstrations_file")
+        if self.rft.per_turn_rewards and self.rft.loss == LossName.GSPO:
+            raise ValueError("rft.per_turn_rewards needs a token-level loss; GSPO uses one ratio per sequence")
+        if self.rft.clip_eps_high < self.rft.clip_eps_low and self.rft.loss == LossName.DAPO:
+            raise ValueError("rft.clip_eps_high must be >= rft.clip_eps_low for DAPO's clip-higher")
+        if self.method != Method.RFT and self.rft.beta > 0:
+            raise ValueError("rft.beta is an RFT setting; it has no effect with method " + self.method.value)
+        return self
+
+    def resolved(self) -> "JobConfig":
+        """Apply OpenAI-style ``hyperparameters`` onto the native sections; returns a new config."""
+        c = self.model_copy(deep=True)
+        h = c.hyperparameters
+        if h.n_epochs is not None:
+            c.training.n_epochs = h.n_epochs
+        if h.batch_size is not None:
+            c.training.batch_size = h.batch_size
+        if h.learning_rate_multiplier is not None:
+            c.optim.learning_rate = c.optim.learning_rate * h.learning_rate_multiplier
+        if h.eval_interval is not None:
+            c.training.eval_interval = h.eval_interval
+        if h.eval_samples is not None:
+            c.training.eval_samples = h.eval_samples
+        if h.compute_multiplier is not None:
+            # OpenAI's compute_multiplier scales exploration: more samples per task.
+            c.rft.group_size = max(2, round(c.rft.group_size * h.compute_multiplier))
+        if h.seed is not None:
+            c.seed = h.seed
+        c.hyperparameters = Hyperparameters()
+        return c
+
+
+def _format_validation_error(e: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in e.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Load and validate a job config from a YAML path or a dict; raise ConfigError with key paths."""
+    name = "<dict>"
+    if isinstance(source, (str, Path)):
+        name = str(source)
+        try:
+            raw = yaml.safe_load(Path(source).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {source}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {source} is not valid YAML: {e}") from None
+    else:
+        raw = dict(source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {name} must be a mapping at the top level, got {type(raw).__name__}")
+    for key, value in (overrides or {}).items():
+        _set_path(raw, key, value)
+    try:
+        return JobConfig.model_validate(raw).resolved()
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, name)) from None
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value

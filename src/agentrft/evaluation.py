@@ -1,0 +1,148 @@
+"""Measure an agent on a task set: roll out, grade, summarise.
+
+This is the first step of the pragmatic path (measure before changing
+weights) and the eval loop every trainer reuses. It joins the pieces: an
+environment spec (tasks, per-rollout environments, default grader), a sampler,
+a chat format and the episode loop; and it reports the operational figures
+that matter to a company running the agent (tool calls, tool errors, tokens,
+wall time) next to reward and accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from agentrft.envs.registry import EnvSpec
+from agentrft.rollout.episode import RolloutConfig, run_episodes
+from agentrft.rollout.sampler import Sampler
+from agentrft.types import Grade, TaskRow, Trajectory
+
+
+@dataclass
+class GradedRollout:
+    row: TaskRow
+    trajectory: Trajectory
+    grade: Grade
+
+
+def grade_safely(grade_fn: Callable[[Trajectory, TaskRow], Grade], traj: Trajectory, row: TaskRow) -> Grade:
+    """A grader that raises is recorded as ``other_error``, never a crash and never a silent 0."""
+    t0 = time.perf_counter()
+    try:
+        g = grade_fn(traj, row)
+    except Exception as e:
+        g = Grade(reward=0.0, errors={"other_error": True}, error_messages=[f"{type(e).__name__}: {e}"])
+    if g.reward is None or not math.isfinite(g.reward):
+        g = Grade(reward=0.0, sub_rewards=g.sub_rewards, errors={**g.errors, "other_error": True},
+                  error_messages=g.error_messages + [f"grader returned non-finite reward {g.reward!r}"],
+                  grader_version=g.grader_version)
+    if not g.execution_time:
+        g.execution_time = time.perf_counter() - t0
+    return g
+
+
+def is_correct(grade: Grade, threshold: float) -> bool:
+    """Accuracy convention: an explicit ``correct`` sub-reward if the grader gives one, else reward >= threshold."""
+    if "correct" in grade.sub_rewards:
+        return grade.sub_rewards["correct"] >= 0.5
+    return grade.reward >= threshold
+
+
+def summarize(graded: list[GradedRollout], wall_s: float, accuracy_threshold: float = 0.99) -> dict:
+    """Aggregate figures over graded rollouts. Infra failures are counted, not averaged in."""
+    ok = [g for g in graded if not g.trajectory.is_infra_failure]
+    n = len(ok)
+    calls = sum(len(g.trajectory.tool_calls) for g in ok)
+    errors = sum(g.trajectory.num_tool_errors for g in ok)
+    rewards = [g.grade.reward for g in ok]
+
+    def mean(xs: Iterable[float]) -> float:
+        xs = list(xs)
+        return float(statistics.fmean(xs)) if xs else 0.0
+
+    acc = mean(1.0 if is_correct(g.grade, accuracy_threshold) else 0.0 for g in ok)
+    # 95 % Wilson interval for accuracy: a gain inside it is noise.
+    lo, hi = wilson_interval(acc, n)
+    return {
+        "n_rollouts": len(graded),
+        "n_tasks": len({g.trajectory.task_id for g in graded}),
+        "reward_mean": mean(rewards),
+        "reward_std": float(statistics.pstdev(rewards)) if len(rewards) > 1 else 0.0,
+        "accuracy": acc,
+        "accuracy_ci95": [lo, hi],
+        "tool_calls_per_rollout": calls / n if n else 0.0,
+        "tool_call_rate": mean(1.0 if g.trajectory.tool_calls else 0.0 for g in ok),
+        "tool_error_rate": errors / calls if calls else 0.0,
+        "tokens_mean": mean(g.trajectory.num_tokens for g in ok),
+        "sampled_tokens_mean": mean(g.trajectory.num_sampled_tokens for g in ok),
+        "turns_mean": mean(g.trajectory.turns for g in ok),
+        "latency_s_mean": mean(g.trajectory.timings.get("total_s", 0.0) for g in ok),
+        "grader_error_rate": mean(1.0 if g.grade.has_error else 0.0 for g in ok),
+        "infra_failures": len(graded) - n,
+        "stop_reasons": dict(Counter(g.trajectory.stop_reason.value if g.trajectory.stop_reason else "none" for g in graded)),
+        "wall_s": wall_s,
+        "seconds_per_rollout": wall_s / len(graded) if graded else 0.0,
+    }
+
+
+def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def evaluate_rows(
+    rows: list[TaskRow],
+    env: EnvSpec,
+    sampler: Sampler,
+    chat_format,
+    config: RolloutConfig,
+    samples: int = 1,
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> list[GradedRollout]:
+    """Roll out and grade ``rows``; ``batch_size`` rollouts share each sampler call."""
+    graded: list[GradedRollout] = []
+    tasks_per_batch = max(1, batch_size // max(1, samples))
+    for start in range(0, len(rows), tasks_per_batch):
+        chunk = rows[start : start + tasks_per_batch]
+        trajs = run_episodes(chunk, env.make_env, sampler, chat_format, config, samples_per_task=samples)
+        for i, traj in enumerate(trajs):
+            row = chunk[i // samples]
+            graded.append(GradedRollout(row, traj, grade_safely(env.grade, traj, row)))
+        if progress:
+            progress(len(trajs))
+    return graded
+
+
+def write_eval_outputs(out_dir: str | os.PathLike, graded: list[GradedRollout], summary: dict) -> None:
+    """``summary.json`` and ``trajectories.jsonl`` (one trajectory with its grade per line), atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    lines = []
+    for g in graded:
+        d = g.trajectory.to_dict()
+        d["grade"] = g.grade.to_dict()
+        lines.append(json.dumps(d, ensure_ascii=False))
+    _atomic_write(out / "trajectories.jsonl", "\n".join(lines) + ("\n" if lines else ""))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,181 @@
+"""``agentrft grader ...``: validate, run, test and probe grader specs from the shell.
+
+A click group the main CLI mounts as ``grader``. Each command is a thin
+wrapper over the library (:func:`load_grader`, :func:`grade_batch`,
+:func:`run_probes`), so everything here is also a Python API.
+
+Exit codes: 0 success; 1 a test case failed or a probe was flagged (with
+``--fail-on-flag``); 2 bad input (invalid spec, unreadable file).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agentrft.errors import AgentRFTError
+from agentrft.graders.batch import grade_batch
+from agentrft.graders.loader import load_grader
+from agentrft.graders.model_graders import JudgeConfig
+from agentrft.graders.probes import run_probes
+from agentrft.graders.spec import grader_version, parse_spec, read_spec
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(2)
+
+
+def _json_or_file(value: str, what: str, text_ok: bool = False) -> Any:
+    """A JSON value given inline or as a file path; with ``text_ok``, other text is the output text."""
+    path = Path(value)
+    if path.is_file():
+        value = path.read_text()
+    try:
+        data = json.loads(value)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        return data
+    if text_ok:
+        return {"output_text": value}
+    _fail(f"{what} must be a JSON object or a file holding one")
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        _fail(f"cannot read {path}: {e}")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(f"{path}:{n}: not valid JSON: {e}")
+        if not isinstance(row, dict):
+            _fail(f"{path}:{n}: each line must be a JSON object")
+        rows.append(row)
+    return rows
+
+
+def judge_options(f):
+    opts = [
+        click.option("--judge-base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint for model graders."),
+        click.option("--judge-api-key", envvar="OPENAI_API_KEY", help="API key for the judge endpoint."),
+        click.option("--judge-model", default=None, help="Use this judge model instead of the spec's."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _load(spec_path: str, judge_base_url=None, judge_api_key=None, judge_model=None):
+    judge = JudgeConfig(base_url=judge_base_url, api_key=judge_api_key, model=judge_model)
+    try:
+        return load_grader(spec_path, judge=judge)
+    except AgentRFTError as e:
+        _fail(str(e))
+
+
+@click.group("grader", context_settings={"help_option_names": ["-h", "--help"]})
+def grader() -> None:
+    """Validate, run, test and probe OpenAI-compatible grader specs."""
+
+
+@grader.command("validate")
+@click.argument("spec", type=click.Path(dir_okay=False))
+def validate_cmd(spec: str) -> None:
+    """Check SPEC (a grader JSON file) and print its type, name and version."""
+    try:
+        parsed = parse_spec(read_spec(spec))
+    except AgentRFTError as e:
+        _fail(str(e))
+    click.echo(f"ok: {parsed.type} grader {parsed.name!r}, version {grader_version(parsed)}")
+
+
+@grader.command("run")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--sample", "sample_arg", required=True, help="Sample JSON (inline or file); other text is the output text.")
+@click.option("--item", "item_arg", default="{}", show_default=True, help="Dataset row JSON (inline or file).")
+@judge_options
+def run_cmd(spec: str, sample_arg: str, item_arg: str, **judge: Any) -> None:
+    """Grade one sample and print the result JSON (shaped like OpenAI's graders/run)."""
+    g = _load(spec, **judge)
+    grade = g.grade(_json_or_file(sample_arg, "--sample", text_ok=True), _json_or_file(item_arg, "--item"))
+    click.echo(json.dumps(grade.to_dict(), indent=2))
+
+
+def _check_case(case: dict[str, Any], reward: float, flags: list[str]) -> str | None:
+    """Why a test case failed, or ``None``."""
+    expected_error = case.get("expect_error")
+    if expected_error and expected_error not in flags:
+        return f"expected error flag {expected_error}, got {flags or 'none'}"
+    if flags and not expected_error:
+        return f"grader errors: {', '.join(flags)}"
+    tol = float(case.get("tolerance", 1e-6))
+    if "expected" in case and abs(reward - float(case["expected"])) > tol:
+        return f"reward {reward:.6g} != expected {case['expected']}"
+    if "min" in case and reward < float(case["min"]) - tol:
+        return f"reward {reward:.6g} < min {case['min']}"
+    if "max" in case and reward > float(case["max"]) + tol:
+        return f"reward {reward:.6g} > max {case['max']}"
+    return None
+
+
+@grader.command("test")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("cases", type=click.Path(dir_okay=False))
+@click.option("--max-concurrency", default=4, show_default=True)
+@judge_options
+def test_cmd(spec: str, cases: str, max_concurrency: int, **judge: Any) -> None:
+    """Run the CASES (JSONL of {sample, item, expected | min | max, [expect_error], [name]}) against SPEC."""
+    g = _load(spec, **judge)
+    rows = _read_jsonl(cases)
+    for n, case in enumerate(rows, 1):
+        if "sample" not in case or not ({"expected", "min", "max", "expect_error"} & set(case)):
+            _fail(f"{cases}:{n}: a case needs 'sample' and one of expected / min / max / expect_error")
+    samples = [c["sample"] if isinstance(c["sample"], dict) else {"output_text": str(c["sample"])} for c in rows]
+    grades = grade_batch(g, samples, [c.get("item") or {} for c in rows], max_concurrency=max_concurrency)
+    failed = 0
+    for n, (case, grade) in enumerate(zip(rows, grades), 1):
+        flags = [f for f, on in grade.errors.items() if on]
+        why = _check_case(case, grade.reward, flags)
+        label = case.get("name") or f"case {n}"
+        if why is None:
+            click.echo(f"PASS {label}: reward {grade.reward:.6g}")
+        else:
+            failed += 1
+            click.secho(f"FAIL {label}: {why}", fg="red")
+            for message in grade.error_messages:
+                click.echo(f"     {message[:300]}")
+    click.echo(f"{len(rows) - failed} passed, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+@grader.command("probe")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--data", "data", required=True, type=click.Path(dir_okay=False), help="Dataset rows (JSONL, OpenAI RFT format).")
+@click.option("--threshold", default=0.5, show_default=True, help="Flag probes scoring above this.")
+@click.option("--reference-key", default=None, help="Row key holding the reference answer (default: first of answer, reference_answer, ...).")
+@click.option("--limit", default=20, show_default=True, help="Probe at most this many rows.")
+@click.option("--fail-on-flag", is_flag=True, help="Exit 1 when any probe is flagged.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write every probe result as JSON.")
+@judge_options
+def probe_cmd(spec: str, data: str, threshold: float, reference_key: str | None, limit: int, fail_on_flag: bool, json_out: str | None, **judge: Any) -> None:
+    """Grade reward-hacking probes (empty, echo, buried reference, injection, ...) built from each row."""
+    g = _load(spec, **judge)
+    rows = _read_jsonl(data)[:limit]
+    report = run_probes(g, rows, threshold=threshold, reference_key=reference_key)
+    click.echo(report.format())
+    if json_out:
+        Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
+    if fail_on_flag and report.flagged:
+        sys.exit(1)

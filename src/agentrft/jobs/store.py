@@ -1,0 +1,379 @@
+"""The run store: one embedded SQLite database per run directory.
+
+Every run lives in a directory (``run_dir``); its record is ``run_dir/run.db``.
+It holds what a person (or the dashboard, or the job API) needs to understand
+a run after the fact, and what a resumed run needs to carry on:
+
+* ``runs``         — one row: method, status, the resolved config and the
+                     hashes (dataset, grader, base model, ...) that identify
+                     what was trained on;
+* ``events``       — an append-only log of things that happened (``resume``,
+                     ``nonfinite_skip``, ``early_stop``, status changes);
+* ``metrics``      — long format ``(step, split, name) -> value``; the key is
+                     the primary key, so re-logging a step after a resume
+                     replaces the row instead of duplicating it;
+* ``trajectories`` — every sampled trajectory as JSON (``Trajectory.to_dict()``
+                     plus its grade and reward) with the columns dashboards
+                     filter on indexed;
+* ``checkpoints``  — the checkpoints written (their files are managed by
+                     :mod:`agentrft.jobs.checkpoint`, which owns crash safety).
+
+Why SQLite and not JSONL files: the dashboard reads while the trainer writes.
+WAL mode lets readers in other processes see committed rows without blocking
+the writer, and a transaction either lands whole or not at all — a ``kill -9``
+mid-write never leaves a half-written line to trip over. ``synchronous=NORMAL``
+keeps that consistency (it can only lose the last few commits on a power cut,
+never corrupt the file); model state, the thing that must survive, is made
+durable by the checkpoint protocol, not here.
+
+Concurrency: a ``RunStore`` owns one connection for its process (re-opened
+transparently after a ``fork``) and serialises every statement with a lock,
+so trainer threads and metric sinks may share it. Use one ``RunStore`` per
+process and run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from agentrft.errors import AgentRFTError
+
+SCHEMA_VERSION = 1
+DB_NAME = "run.db"
+
+RunStatus = Literal["running", "completed", "failed", "stopped"]
+RUN_STATUSES: tuple[str, ...] = ("running", "completed", "failed", "stopped")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id          TEXT PRIMARY KEY,
+    method          TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    message         TEXT,
+    resolved_config TEXT NOT NULL,   -- JSON
+    hashes          TEXT NOT NULL,   -- JSON: every hash passed in
+    dataset_hash    TEXT,
+    grader_hash     TEXT,
+    base_model_hash TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    time    REAL NOT NULL,
+    step    INTEGER,
+    kind    TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data    TEXT                     -- JSON or NULL
+);
+CREATE INDEX IF NOT EXISTS events_kind ON events (kind);
+CREATE TABLE IF NOT EXISTS metrics (
+    step  INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    name  TEXT NOT NULL,
+    value REAL,                      -- NULL encodes NaN (SQLite has no NaN)
+    time  REAL NOT NULL,
+    PRIMARY KEY (step, split, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS metrics_name ON metrics (name, split, step);
+CREATE TABLE IF NOT EXISTS trajectories (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    step        INTEGER NOT NULL,
+    task_id     TEXT,
+    trace_id    TEXT UNIQUE,
+    group_index INTEGER,
+    reward      REAL,
+    time        REAL NOT NULL,
+    data        TEXT NOT NULL        -- JSON: Trajectory.to_dict() + grade + reward
+);
+CREATE INDEX IF NOT EXISTS trajectories_step ON trajectories (step);
+CREATE INDEX IF NOT EXISTS trajectories_task ON trajectories (task_id);
+CREATE INDEX IF NOT EXISTS trajectories_reward ON trajectories (reward);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    step    INTEGER PRIMARY KEY,
+    path    TEXT NOT NULL,
+    metric  REAL,
+    is_best INTEGER NOT NULL,
+    time    REAL NOT NULL
+);
+"""
+
+
+class StoreError(AgentRFTError):
+    """The run store cannot be used as asked (schema too new, no run row, ...)."""
+
+
+# -- hashing helpers -------------------------------------------------------------
+
+
+def hash_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (datasets and weights can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal data gives equal text."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def hash_json(obj: Any) -> str:
+    """Hex sha256 of the canonical JSON of ``obj`` (dict key order does not matter)."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+
+
+# -- the store -------------------------------------------------------------------
+
+
+class RunStore:
+    """The SQLite record of one run directory. See the module docstring."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.run_dir / DB_NAME
+        self._lock = threading.RLock()
+        self._pid = -1
+        self._connection: sqlite3.Connection | None = None
+        with self._lock:
+            # executescript runs its own statements, so the transaction is spelled out in the
+            # script: two processes opening a fresh run_dir at once still create it once.
+            self._conn().executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}"
+                f"INSERT INTO schema_version (version) SELECT {SCHEMA_VERSION}"
+                " WHERE NOT EXISTS (SELECT 1 FROM schema_version);COMMIT;")
+            version = self.schema_version
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.db_path} has schema version {version}, newer than this agentrft "
+                    f"understands ({SCHEMA_VERSION}); upgrade agentrft to read it")
+
+    # -- connection ----------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._connection is None or self._pid != os.getpid():
+            # A connection must not cross a fork: the child opens its own.
+            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._connection, self._pid = conn, os.getpid()
+        return self._connection
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock: it commits whole or rolls back."""
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None and self._pid == os.getpid():
+                self._connection.close()
+            self._connection = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._query("SELECT version FROM schema_version")[0][0])
+
+    # -- runs ------------------------------------------------------------------------
+    def create_run(self, run_id: str, method: str, resolved_config: Mapping[str, Any],
+                   hashes: Mapping[str, str | None], created_at: float | None = None) -> None:
+        """Record the run: what it is, its resolved config, and what it was trained on.
+
+        A run directory holds exactly one run; a second ``create_run`` is an error.
+        """
+        now = time.time()
+        created = now if created_at is None else float(created_at)
+        with self._tx() as db:
+            existing = db.execute("SELECT run_id FROM runs").fetchone()
+            if existing is not None:
+                raise StoreError(f"{self.run_dir} already holds run {existing[0]!r}")
+            db.execute(
+                "INSERT INTO runs (run_id, method, status, message, resolved_config, hashes, dataset_hash,"
+                " grader_hash, base_model_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, method, "running", None, canonical_json(dict(resolved_config)), canonical_json(dict(hashes)),
+                 hashes.get("dataset"), hashes.get("grader"), hashes.get("base_model"), created, now),
+            )
+
+    def get_run(self) -> dict[str, Any] | None:
+        """The run row with JSON columns decoded, or None before :meth:`create_run`."""
+        rows = self._query("SELECT * FROM runs")
+        if not rows:
+            return None
+        d = dict(rows[0])
+        d["resolved_config"] = json.loads(d["resolved_config"])
+        d["hashes"] = json.loads(d["hashes"])
+        return d
+
+    def set_status(self, status: RunStatus, message: str | None = None) -> None:
+        """Set the run's status; every change is also appended to ``events`` (kind ``status``)
+        so the history survives (a failed run that was resumed shows both)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET status = ?, message = ?, updated_at = ?", (status, message, now))
+            if cur.rowcount == 0:
+                raise StoreError(f"{self.run_dir} has no run yet; call create_run first")
+            db.execute("INSERT INTO events (time, step, kind, message, data) VALUES (?,?,?,?,?)",
+                       (now, None, "status", f"{status}: {message}" if message else status,
+                        canonical_json({"status": status})))
+
+    # -- events ----------------------------------------------------------------------
+    def log_event(self, kind: str, message: str, data: Mapping[str, Any] | None = None,
+                  step: int | None = None) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO events (time, step, kind, message, data) VALUES (?,?,?,?,?)",
+                       (time.time(), step, kind, message, None if data is None else canonical_json(dict(data))))
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Events in the order they were logged: ``{id, time, step, kind, message, data}``."""
+        sql, params = "SELECT * FROM events", ()
+        if kind is not None:
+            sql, params = sql + " WHERE kind = ?", (kind,)
+        out = []
+        for r in self._query(sql + " ORDER BY id", params):
+            d = dict(r)
+            d["data"] = None if d["data"] is None else json.loads(d["data"])
+            out.append(d)
+        return out
+
+    # -- metrics ---------------------------------------------------------------------
+    def log_metrics(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
+        """Write one step's scalar metrics. Re-logging ``(step, split, name)`` replaces the row."""
+        now = time.time()
+        rows = []
+        for name, value in metrics.items():
+            if isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, (int, float)):
+                try:  # numpy / 0-d torch scalars
+                    value = float(value)  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    raise TypeError(f"metric {name!r} at step {step} is not a number: {value!r}") from None
+            rows.append((int(step), split, str(name), float(value), now))
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO metrics (step, split, name, value, time) VALUES (?,?,?,?,?)", rows)
+
+    def metrics(self, name: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+        """Metric rows ``{step, split, name, value, time}`` ordered by step (NaN comes back as NaN)."""
+        where, params = [], []
+        if name is not None:
+            where.append("name = ?")
+            params.append(name)
+        if split is not None:
+            where.append("split = ?")
+            params.append(split)
+        sql = "SELECT step, split, name, value, time FROM metrics"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        out = []
+        for r in self._query(sql + " ORDER BY step, split, name", params):
+            d = dict(r)
+            d["value"] = math.nan if d["value"] is None else d["value"]
+            out.append(d)
+        return out
+
+    def metrics_frame(self, split: str | None = "train") -> dict[int, dict[str, float]]:
+        """``step -> {name: value}`` for one split; with ``split=None`` names become ``split/name``."""
+        frame: dict[int, dict[str, float]] = {}
+        for r in self.metrics(split=split):
+            key = r["name"] if split is not None else f"{r['split']}/{r['name']}"
+            frame.setdefault(r["step"], {})[key] = r["value"]
+        return frame
+
+    # -- trajectories ------------------------------------------------------------------
+    def log_trajectories(self, step: int, records: list[Mapping[str, Any]]) -> None:
+        """Store a step's trajectories: each record is ``Trajectory.to_dict()`` plus
+        ``grade`` and ``reward``. The same ``trace_id`` logged twice replaces the first."""
+        now = time.time()
+        rows = []
+        for rec in records:
+            reward = rec.get("reward")
+            rows.append((int(step), rec.get("task_id"), rec.get("trace_id"), rec.get("group_index"),
+                         None if reward is None else float(reward), now, json.dumps(rec, ensure_ascii=False)))
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO trajectories (step, task_id, trace_id, group_index, reward, time, data)"
+                " VALUES (?,?,?,?,?,?,?)", rows)
+
+    def trajectories(self, step: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Logged records (as given, plus ``step``) in logging order, optionally one step's, at most ``limit``."""
+        sql, params = "SELECT step, data FROM trajectories", []
+        if step is not None:
+            sql += " WHERE step = ?"
+            params.append(int(step))
+        sql += " ORDER BY step, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        out = []
+        for r in self._query(sql, params):
+            rec = json.loads(r["data"])
+            rec["step"] = r["step"]
+            out.append(rec)
+        return out
+
+    def discard_after(self, step: int) -> None:
+        """Forget metrics and trajectories logged after ``step``.
+
+        Call it when resuming from the checkpoint of ``step``: the steps after it
+        will be re-run, and their trajectories are new samples (new trace ids),
+        so without this they would sit beside the replayed ones.
+        """
+        with self._tx() as db:
+            db.execute("DELETE FROM metrics WHERE step > ?", (int(step),))
+            db.execute("DELETE FROM trajectories WHERE step > ?", (int(step),))
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def record_checkpoint(self, step: int, path: str | os.PathLike[str], metric: float | None,
+                          is_best: bool) -> None:
+        """Note a checkpoint written by :func:`agentrft.jobs.checkpoint.save_checkpoint` (one row per step)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO checkpoints (step, path, metric, is_best, time) VALUES (?,?,?,?,?)",
+                       (int(step), str(path), None if metric is None else float(metric), int(bool(is_best)),
+                        time.time()))
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Recorded checkpoints by step; ``exists`` says whether retention has since deleted the folder."""
+        out = []
+        for r in self._query("SELECT step, path, metric, is_best, time FROM checkpoints ORDER BY step"):
+            d = dict(r)
+            d["is_best"] = bool(d["is_best"])
+            d["exists"] = Path(d["path"]).is_dir()
+            out.append(d)
+        return out

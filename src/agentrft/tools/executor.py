@@ -1,0 +1,226 @@
+"""Runs one rollout's tool calls: validation, deadline, budget, concurrency, records.
+
+What: a :class:`ToolExecutor` is made once per rollout from its tools and
+:class:`ToolLimits`. :meth:`ToolExecutor.aexecute` runs the calls of one
+assistant turn **concurrently** (``asyncio.gather``) and returns one
+:class:`~agentrft.types.ToolCallRecord` per call, in call order. Every check
+that fails becomes a typed error instead of an exception (a bad rollout is data,
+not a crash), and the model sees it as the tool's result, e.g.
+``Error (invalid_arguments): 'query' is a required property``:
+
+==================  =================================================================
+``BUDGET_EXCEEDED``  more than ``max_calls`` calls attempted in this rollout (every
+                     attempted call counts, across turns); the call is not run
+``UNKNOWN_TOOL``     no tool of that name
+``INVALID_ARGUMENTS`` the arguments fail JSON-schema validation (Draft 2020-12)
+                     against the tool's ``parameters``; validator message and path
+``TIMEOUT``          not finished within ``timeout_s`` (``asyncio.wait_for``)
+``<kind>``           the tool raised ``ToolFailure(kind, message)``
+``EXCEPTION``        the tool raised anything else: ``"ExcType: message"``
+==================  =================================================================
+
+Results longer than ``max_output_chars`` are cut to that many characters and
+end with ``[truncated: N characters omitted]``; for a failure the message is
+cut, so the ``Error (kind):`` prefix always survives.
+
+Timeouts and threads: an async tool past its deadline is cancelled. A sync tool
+runs in a thread (:func:`~agentrft.tools.base.run_blocking`), and Python
+threads cannot be killed, so the deadline only stops *waiting*: the rollout
+moves on at once with a ``TIMEOUT`` record while the function keeps running in
+its daemon thread until it returns, and its result is discarded. Tools that can
+hang (network, subprocesses) should enforce their own timeouts as well.
+
+Malformed tool calls never reach the executor as calls; the rollout loop
+records them with :meth:`ToolExecutor.record_parse_error` (not counted against
+the budget: nothing was attempted that could run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError, relevance
+
+from agentrft.errors import ConfigError, ToolDefinitionError
+from agentrft.tools.base import Tool, ToolContext, ToolFailure, run_sync
+from agentrft.tools.schema import result_text
+from agentrft.types import TaskRow, ToolCall, ToolCallRecord, ToolError, ToolErrorKind
+
+__all__ = ["ToolExecutor", "ToolLimits", "error_text", "truncate_text"]
+
+UNPARSED_CALL_NAME = "<unparsed>"
+MAX_SCHEMA_ERRORS_SHOWN = 5
+
+
+@dataclass
+class ToolLimits:
+    """Per-rollout limits on tool use."""
+
+    timeout_s: float = 30.0
+    """Deadline of each call, from its start."""
+    max_calls: int = 32
+    """Calls a rollout may attempt, counted across turns; later calls are refused (BUDGET_EXCEEDED)."""
+    max_output_chars: int = 20000
+    """Longer results (and error texts) are cut, with a marker, before the model sees them."""
+
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ConfigError(f"tool timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_calls < 0:
+            raise ConfigError(f"tool max_calls must be >= 0, got {self.max_calls}")
+        if self.max_output_chars < 1:
+            raise ConfigError(f"tool max_output_chars must be >= 1, got {self.max_output_chars}")
+
+
+class ToolExecutor:
+    """Executes the tool calls of one rollout (make one per rollout: it holds the call budget)."""
+
+    def __init__(
+        self,
+        tools: Sequence[Tool],
+        limits: ToolLimits | None = None,
+        trace_id: str | None = None,
+        item: TaskRow | None = None,
+    ):
+        self.limits = limits or ToolLimits()
+        self.trace_id = trace_id or uuid.uuid4().hex
+        self.item: TaskRow = item if item is not None else {}
+        self.tools: dict[str, Tool] = {}
+        self._validators: dict[str, Draft202012Validator] = {}
+        for t in tools:
+            if t.name in self.tools:
+                raise ToolDefinitionError(f"two tools are named {t.name!r}")
+            self.tools[t.name] = t
+            self._validators[t.name] = _validator(t)
+        self.calls_made = 0
+        """Calls attempted so far in this rollout (including refused and failed ones)."""
+
+    # -- running calls ----------------------------------------------------------------
+    async def aexecute(self, calls: Sequence[ToolCall], turn: int) -> list[ToolCallRecord]:
+        """Run one turn's calls concurrently; one record per call, in call order."""
+        # The budget is assigned in call order before anything runs, so which
+        # calls are refused does not depend on which finishes first.
+        allowed = []
+        for _ in calls:
+            self.calls_made += 1
+            allowed.append(self.calls_made <= self.limits.max_calls)
+        return list(await asyncio.gather(*(self._run(c, turn, ok) for c, ok in zip(calls, allowed))))
+
+    def execute(self, calls: Sequence[ToolCall], turn: int) -> list[ToolCallRecord]:
+        """Synchronous :meth:`aexecute` (on the tools background loop; do not call from that loop)."""
+        return run_sync(self.aexecute(calls, turn))
+
+    def schema_only_called(self, calls: Sequence[ToolCall]) -> bool:
+        """True if any call targets a tool without an implementation (the calls are the rollout's output)."""
+        return any(
+            c.name in self.tools and not getattr(self.tools[c.name], "has_implementation", True) for c in calls
+        )
+
+    def record_parse_error(self, raw_text: str, message: str, turn: int) -> ToolCallRecord:
+        """The record of a tool call the model wrote but that could not be parsed."""
+        error = ToolError(ToolErrorKind.PARSE_ERROR, self._cut(message))
+        call = ToolCall(name=UNPARSED_CALL_NAME, arguments={"raw": raw_text})
+        return ToolCallRecord(call=call, turn=turn, result=error_text(error), error=error)
+
+    async def _run(self, call: ToolCall, turn: int, within_budget: bool) -> ToolCallRecord:
+        start = time.perf_counter()
+        error = self._refusal(call, within_budget)
+        result = ""
+        if error is None:
+            ctx = ToolContext(trace_id=self.trace_id, call_id=call.id, turn=turn, item=self.item)
+            try:
+                result, error = await asyncio.wait_for(self._invoke(self.tools[call.name], call, ctx), self.limits.timeout_s)
+            except asyncio.TimeoutError:  # only the deadline: _invoke turns the tool's own errors into values
+                error = ToolError(
+                    ToolErrorKind.TIMEOUT, f"{call.name!r} did not finish within {self.limits.timeout_s:g}s"
+                )
+        latency = time.perf_counter() - start
+        if error is None:
+            result = self._cut(result)
+        else:  # cut the message, never the "Error (kind):" prefix the model keys on
+            error = ToolError(error.kind, self._cut(error.message))
+            result = error_text(error)
+        return ToolCallRecord(call=call, turn=turn, result=result, error=error, latency_s=latency)
+
+    def _refusal(self, call: ToolCall, within_budget: bool) -> ToolError | None:
+        """Why the call must not run, if it must not."""
+        if not within_budget:
+            return ToolError(
+                ToolErrorKind.BUDGET_EXCEEDED,
+                f"the budget of {self.limits.max_calls} tool calls per rollout is used up; this call was not run",
+            )
+        if call.name not in self.tools:
+            available = ", ".join(sorted(self.tools)) or "none"
+            return ToolError(ToolErrorKind.UNKNOWN_TOOL, f"unknown tool {call.name!r}; available tools: {available}")
+        problems = sorted(self._validators[call.name].iter_errors(call.arguments), key=relevance, reverse=True)
+        if problems:
+            shown = [_describe(e) for e in problems[:MAX_SCHEMA_ERRORS_SHOWN]]
+            if len(problems) > MAX_SCHEMA_ERRORS_SHOWN:
+                shown.append(f"and {len(problems) - MAX_SCHEMA_ERRORS_SHOWN} more")
+            return ToolError(ToolErrorKind.INVALID_ARGUMENTS, "; ".join(shown))
+        return None
+
+    @staticmethod
+    async def _invoke(tool: Tool, call: ToolCall, ctx: ToolContext) -> tuple[str, ToolError | None]:
+        try:
+            value = await tool.acall(call.arguments, ctx)
+        except ToolFailure as e:
+            return "", ToolError(e.kind, e.message)
+        except Exception as e:
+            return "", ToolError(ToolErrorKind.EXCEPTION, f"{type(e).__name__}: {e}")
+        except asyncio.CancelledError as e:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # our deadline, or the caller gave up
+                raise
+            # A cancellation from inside the tool (a library's own cancel scope)
+            # must fail this call only, not the whole turn's gather.
+            return "", ToolError(ToolErrorKind.EXCEPTION, f"CancelledError: {e}" if str(e) else "CancelledError")
+        return result_text(value), None
+
+    def _cut(self, text: str) -> str:
+        return truncate_text(text, self.limits.max_output_chars)
+
+
+def error_text(error: ToolError) -> str:
+    """What the model sees for a failed call."""
+    return f"Error ({error.kind.value}): {error.message}"
+
+
+def truncate_text(text: str, max_chars: int) -> str:
+    """Keep the first ``max_chars`` characters and say how many were dropped."""
+    if len(text) <= max_chars:
+        return text
+    return f"{text[:max_chars]}\n[truncated: {len(text) - max_chars} characters omitted]"
+
+
+def _describe(error: Any) -> str:
+    """A jsonschema ValidationError as ``message`` or ``message (at $.path)``."""
+    return error.message if not error.absolute_path else f"{error.message} (at {error.json_path})"
+
+
+def _validator(t: Tool) -> Draft202012Validator:
+    schema = t.schema()
+    fn = schema.get("function", schema)  # chat shape, or the flat Responses shape
+    parameters = fn.get("parameters") or {"type": "object", "properties": {}}
+    try:
+        return _compiled_validator(json.dumps(parameters, sort_keys=True))
+    except SchemaError as e:
+        raise ToolDefinitionError(f"tool {t.name!r} has an invalid parameters schema: {e.message}") from e
+    except TypeError as e:
+        raise ToolDefinitionError(f"tool {t.name!r} has a parameters schema that is not JSON: {e}") from e
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_validator(parameters_json: str) -> Draft202012Validator:
+    # The same tools are offered to every rollout: check and compile each schema once.
+    parameters = json.loads(parameters_json)
+    Draft202012Validator.check_schema(parameters)
+    return Draft202012Validator(parameters)

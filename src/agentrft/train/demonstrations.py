@@ -1,0 +1,86 @@
+"""Demonstrations and preference pairs as token records.
+
+SFT and DPO train on the same data model as RFT: a :class:`Trajectory` whose
+assistant tokens are marked ``sampled`` (trainable) and whose prompt, tool
+output and formatting tokens are ``prompt``/``env`` (never trained). The record
+is built with the very chat-format calls the rollout loop uses, so a
+demonstration is token-for-token what the policy would have produced.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from agentrft.rollout.episode import normalize_messages
+from agentrft.types import Message, Trajectory
+
+
+def demonstration_trajectory(messages: list[Message], tools: list[dict] | None, chat_format, task_id: str = "") -> Trajectory:
+    """Token record of a complete conversation; assistant turns are the trainable tokens."""
+    msgs = normalize_messages(messages)
+    first = next((i for i, m in enumerate(msgs) if m["role"] == "assistant"), None)
+    if first is None:
+        raise ValueError("a demonstration needs at least one assistant message")
+    traj = Trajectory(task_id=task_id, messages=msgs)
+    traj.append_tokens(chat_format.prompt_tokens(msgs[:first], tools), "prompt")
+    i = first
+    while i < len(msgs):
+        m = msgs[i]
+        if m["role"] != "assistant":
+            raise ValueError(f"message {i}: expected an assistant turn, got {m['role']!r}")
+        body = list(chat_format.assistant_tokens(m))
+        traj.append_tokens(body, "sampled", [0.0] * len(body))
+        traj.append_tokens(chat_format.turn_end_tokens(body), "env")
+        traj.turns += 1
+        j = i + 1
+        while j < len(msgs) and msgs[j]["role"] != "assistant":
+            j += 1
+        if j > i + 1:
+            traj.append_tokens(chat_format.followup_tokens(msgs[i + 1 : j]), "env")
+        i = j
+    return traj
+
+
+def mine_pairs(groups: list[list[tuple[Trajectory, float]]], min_margin: float = 0.1) -> list[tuple[Trajectory, Trajectory]]:
+    """DPO pairs from RFT groups: the best vs the worst rollout of each task.
+
+    Groups whose best and worst rewards differ by less than ``min_margin`` give
+    no pair (no preference signal). Infra failures must be removed beforehand.
+    """
+    pairs = []
+    for group in groups:
+        if len(group) < 2:
+            continue
+        best = max(group, key=lambda tr: tr[1])
+        worst = min(group, key=lambda tr: tr[1])
+        if best[1] - worst[1] >= min_margin:
+            pairs.append((best[0], worst[0]))
+    return pairs
+
+
+def cycle_batches(items: list[Any], batch_size: int, step: int, seed: int) -> list[Any]:
+    """The items of 1-based ``step``: a seeded permutation per epoch, consumed in order.
+
+    A pure function of (items, batch_size, step, seed): the data position of a
+    resumed run is just its step number.
+    """
+    n = len(items)
+    if n == 0:
+        raise ValueError("no training items")
+    perms: dict[int, list[int]] = {}
+    out = []
+    for pos in range((step - 1) * batch_size, step * batch_size):
+        epoch, idx = divmod(pos, n)
+        if epoch not in perms:
+            perms[epoch] = list(range(n))
+            random.Random(seed * 7919 + epoch).shuffle(perms[epoch])
+        out.append(items[perms[epoch][idx]])
+    return out
+
+
+def steps_per_epoch(n_items: int, batch_size: int) -> int:
+    return max(1, -(-n_items // batch_size))
+
+
+__all__ = ["demonstration_trajectory", "mine_pairs", "cycle_batches", "steps_per_epoch"]

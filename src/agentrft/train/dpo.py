@@ -1,0 +1,69 @@
+"""Direct preference optimisation on preferred/rejected trajectory pairs.
+
+Pairs come from a JSONL file, from two oracle policies of an environment
+(e.g. efficient = chosen, verbose = rejected: prefer the cheaper agent), or
+are mined from RFT groups (best vs worst, :func:`agentrft.train.demonstrations.mine_pairs`).
+The sequence log-probability sums only over trainable (assistant) tokens; the
+reference is the frozen base (LoRA adapters disabled).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from agentrft.algo.batch import collate_trajectories
+from agentrft.algo.logprobs import token_logprobs
+from agentrft.algo.losses import dpo_loss
+from agentrft.errors import ConfigError
+from agentrft.train.demonstrations import demonstration_trajectory
+from agentrft.train.optim import optimizer_step
+from agentrft.train.sft import demonstrations_for
+
+
+def _sequence_logps(model, b) -> torch.Tensor:
+    logp = token_logprobs(model, b.input_ids, b.attention_mask)  # [B, T]
+    return (logp * b.loss_mask).sum(dim=-1)  # [B]
+
+
+class DPOMethod:
+    def prepare(self, ctx, train_rows: list[dict]) -> list:
+        d = ctx.cfg.data
+        if d.pairs_file:
+            from agentrft.datasets import read_jsonl_objects
+
+            pairs = []
+            for obj in read_jsonl_objects(d.pairs_file):
+                tools = obj.get("tools")
+                chosen = demonstration_trajectory(obj["prompt"] + obj["chosen"], tools, ctx.policy.chat_format)
+                rejected = demonstration_trajectory(obj["prompt"] + obj["rejected"], tools, ctx.policy.chat_format)
+                pairs.append((chosen, rejected))
+            return pairs
+        chosen = demonstrations_for(ctx, train_rows, d.demonstrations)
+        rejected = demonstrations_for(ctx, train_rows, d.rejected_demonstrations)
+        return list(zip(chosen, rejected))
+
+    def step(self, ctx, batch: list, step: int) -> dict[str, float]:
+        policy = ctx.policy
+        if not policy.is_lora:
+            raise ConfigError("DPO needs a frozen reference; use LoRA (lora.enabled: true)")
+        t0 = time.perf_counter()
+        chosen = [c for c, _ in batch]
+        rejected = [r for _, r in batch]
+        b = collate_trajectories(chosen + rejected, [0.0] * (2 * len(batch)), pad_id=policy.pad_token_id).to(policy.device)
+        with torch.no_grad(), policy.reference() as ref_model:
+            ref = _sequence_logps(ref_model, b)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        policy.model.train()
+        pol = _sequence_logps(policy.model, b)
+        n = len(batch)
+        loss, stats = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], beta=ctx.cfg.dpo.beta)
+        nonfinite = not torch.isfinite(loss)
+        if not nonfinite:
+            loss.backward()
+        stepped, norm = optimizer_step(ctx, skip=nonfinite)
+        out = {"loss": float(loss.detach()) if stepped else float("nan"), "skipped": 0.0 if stepped else 1.0,
+               "grad_norm": norm, "training_s": time.perf_counter() - t0}
+        out.update({k: float(v) for k, v in stats.items()})
+        return out

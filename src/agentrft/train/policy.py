@@ -1,0 +1,94 @@
+"""The trainable policy: model + tokenizer + chat format, on the right device and dtype, with LoRA.
+
+fp32 on CPU (bf16 matmuls are ~100× slower on CPUs without AMX), bf16 on GPU.
+LoRA (peft) by default: the optimizer state is tiny, checkpoints are small
+adapters, and the frozen base doubles as the KL reference (adapters disabled)
+so no second model copy is needed. Full fine-tuning is one switch away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agentrft.config import JobConfig
+from agentrft.models.chat_format import get_chat_format
+from agentrft.models.loading import load_model
+
+
+@dataclass
+class Policy:
+    model: Any  # a transformers causal LM, possibly wrapped by peft
+    tokenizer: Any
+    chat_format: Any
+    device: torch.device
+    dtype: torch.dtype
+    is_lora: bool
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The frozen reference policy: the base model with LoRA adapters switched off."""
+        if not self.is_lora:
+            raise RuntimeError("a reference model for full fine-tuning must be a separate copy")
+        with self.model.disable_adapter():
+            yield self.model
+
+
+def resolve_device_dtype(cfg: JobConfig) -> tuple[torch.device, torch.dtype]:
+    dev = cfg.training.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = cfg.training.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if dev == "cuda" else "float32"
+    return torch.device(dev), getattr(torch, dtype)
+
+
+def build_policy(cfg: JobConfig, model=None, tokenizer=None) -> Policy:
+    """Load (or wrap the given) model, apply LoRA per config, move to device/dtype."""
+    device, dtype = resolve_device_dtype(cfg)
+    if model is None:
+        model, tokenizer = load_model(cfg.model, dtype=str(dtype).replace("torch.", ""), device=str(device))
+    model.to(device=device, dtype=dtype)
+    is_lora = cfg.lora.enabled
+    if is_lora:
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lcfg)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.config.use_cache = True
+    return Policy(model, tokenizer, get_chat_format(tokenizer, cfg.chat_format), device, dtype, is_lora)
+
+
+def build_optimizer(cfg: JobConfig, policy: Policy, total_steps: int):
+    opt = torch.optim.AdamW(
+        policy.trainable_parameters(),
+        lr=cfg.optim.learning_rate,
+        betas=tuple(cfg.optim.betas),
+        weight_decay=cfg.optim.weight_decay,
+    )
+    warmup = cfg.optim.warmup_steps
+
+    def schedule(step: int) -> float:  # linear warm-up, then constant
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)

@@ -1,0 +1,146 @@
+"""Reinforcement fine-tuning (GRPO family): the RFT step, one screen per phase.
+
+    collect     n = group_size rollouts per task with real tool calls
+    grade       one reward per trajectory (continuous, e.g. correctness × cost)
+    advantages  per group (GRPO z-score, Dr.GRPO mean-centred, RLOO)
+    loss        policy-gradient loss on sampled tokens only (PPO-clip, DAPO, GSPO)
+    optimize    AdamW with grad clipping; non-finite steps are skipped
+
+Credit: the trajectory's reward reaches every sampled token of every turn
+(tool output and prompt tokens are masked out by their token kind). Groups
+whose rewards are all equal carry no signal and are filtered (and counted);
+infrastructure failures are excluded before advantages are computed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from agentrft.algo.advantages import AdvantageEstimator, compute_advantages
+from agentrft.algo.batch import collate_trajectories
+from agentrft.algo.logprobs import token_logprobs
+from agentrft.algo.losses import LossConfig, PolicyLoss, policy_loss
+from agentrft.evaluation import grade_safely, is_correct
+from agentrft.rollout.episode import RolloutConfig, run_episodes
+from agentrft.train.optim import optimizer_step
+
+
+class RFTMethod:
+    def prepare(self, ctx, train_rows: list[dict]) -> list[dict]:
+        return list(train_rows)
+
+    def step(self, ctx, batch: list[dict], step: int) -> dict[str, float]:
+        cfg, policy = ctx.cfg, ctx.policy
+        r = cfg.rollout
+        group = cfg.rft.group_size
+
+        # 1. collect ---------------------------------------------------------
+        t0 = time.perf_counter()
+        rcfg = RolloutConfig(max_turns=r.max_turns, max_new_tokens=r.max_new_tokens, max_total_tokens=r.max_total_tokens,
+                             temperature=r.temperature, top_p=r.top_p, tool_timeout_s=r.tool_timeout_s,
+                             max_tool_calls=r.max_tool_calls, seed=cfg.seed * 100_003 + step)
+        trajs = run_episodes(batch, ctx.env.make_env, ctx.sampler, policy.chat_format, rcfg, samples_per_task=group)
+        sampling_s = time.perf_counter() - t0
+
+        # 2. grade -----------------------------------------------------------
+        t0 = time.perf_counter()
+        rows = [batch[i // group] for i in range(len(trajs))]
+        grades = [grade_safely(ctx.grade, t, row) for t, row in zip(trajs, rows)]
+        grading_s = time.perf_counter() - t0
+        ctx.store.log_trajectories(step, [
+            {**t.to_dict(), "grade": g.to_dict(), "reward": g.reward} for t, g in zip(trajs, grades)
+        ])
+
+        # 3. advantages (per group; infra failures excluded) ------------------
+        groups: list[list[int]] = []
+        for k in range(len(batch)):
+            idx = [k * group + j for j in range(group) if not trajs[k * group + j].is_infra_failure]
+            groups.append(idx)
+        rewards_by_group = [[grades[i].reward for i in idx] for idx in groups if len(idx) >= 2]
+        kept_groups = [idx for idx in groups if len(idx) >= 2]
+        advs, zero_var = compute_advantages(rewards_by_group, AdvantageEstimator(cfg.rft.advantage.value))
+        train_idx, train_adv = [], []
+        for idx, adv, zv in zip(kept_groups, advs, zero_var):
+            if zv and cfg.rft.filter_zero_variance:
+                continue
+            train_idx.extend(idx)
+            train_adv.extend(adv)
+
+        # 4-5. loss and optimizer ---------------------------------------------
+        t0 = time.perf_counter()
+        train_stats = self._update(ctx, [trajs[i] for i in train_idx], train_adv, rcfg.temperature) if train_idx else {
+            "loss": 0.0, "skipped": 0.0, "grad_norm": 0.0}
+        training_s = time.perf_counter() - t0
+
+        ok = [i for i, t in enumerate(trajs) if not t.is_infra_failure]
+        n_ok = max(1, len(ok))
+        rewards = torch.tensor([grades[i].reward for i in ok] or [0.0])
+        metrics: dict[str, Any] = {
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if len(ok) > 1 else 0.0,
+            "accuracy": sum(is_correct(grades[i], 0.99) for i in ok) / n_ok,
+            "tool_calls_per_rollout": sum(len(trajs[i].tool_calls) for i in ok) / n_ok,
+            "tool_errors_per_rollout": sum(trajs[i].num_tool_errors for i in ok) / n_ok,
+            "tokens_mean": sum(trajs[i].num_tokens for i in ok) / n_ok,
+            "sampled_tokens_mean": sum(trajs[i].num_sampled_tokens for i in ok) / n_ok,
+            "latency_s_mean": sum(trajs[i].timings.get("total_s", 0.0) for i in ok) / n_ok,
+            "infra_failures": float(len(trajs) - len(ok)),
+            "grader_errors": float(sum(g.has_error for g in grades)),
+            "zero_variance_groups": float(sum(zero_var)),
+            "trained_rollouts": float(len(train_idx)),
+            "sampling_s": sampling_s,
+            "grading_s": grading_s,
+            "training_s": training_s,
+        }
+        for name in grades[0].sub_rewards if grades else []:
+            vals = [grades[i].sub_rewards.get(name, 0.0) for i in ok]
+            metrics[f"reward/{name}"] = sum(vals) / n_ok
+        metrics.update(train_stats)
+        return metrics
+
+    def _update(self, ctx, trajs, advantages: list[float], temperature: float) -> dict[str, float]:
+        cfg, policy = ctx.cfg, ctx.policy
+        loss_cfg = LossConfig(loss=PolicyLoss(cfg.rft.loss.value), clip_eps_low=cfg.rft.clip_eps_low,
+                              clip_eps_high=cfg.rft.clip_eps_high, beta=cfg.rft.beta,
+                              aggregation=cfg.rft.aggregation, max_tokens=cfg.rollout.max_total_tokens)
+        mb = cfg.optim.micro_batch_size
+        totals: dict[str, float] = {}
+        skipped = 0.0
+        grad_norm = 0.0
+        for _ in range(cfg.rft.updates_per_batch):
+            ctx.optimizer.zero_grad(set_to_none=True)
+            n_seq = len(trajs)
+            n_tok = sum(t.num_sampled_tokens for t in trajs)
+            nonfinite = False
+            for s in range(0, n_seq, mb):
+                part = trajs[s : s + mb]
+                b = collate_trajectories(part, advantages[s : s + mb], pad_id=policy.pad_token_id).to(policy.device)
+                policy.model.train()
+                logp = token_logprobs(policy.model, b.input_ids, b.attention_mask, temperature=temperature)
+                ref = None
+                if cfg.rft.beta > 0:
+                    with torch.no_grad(), policy.reference() as ref_model:
+                        ref = token_logprobs(ref_model, b.input_ids, b.attention_mask, temperature=temperature)
+                out = policy_loss(logp, b.old_logprobs, b.advantages, b.loss_mask, loss_cfg, ref_logprobs=ref)
+                # Weight micro-batches so the step's loss equals one big batch's.
+                weight = float(b.loss_mask.sum()) / max(1, n_tok) if loss_cfg.aggregation == "token_mean" else len(part) / n_seq
+                loss = out.loss * weight
+                if not torch.isfinite(loss):
+                    nonfinite = True
+                    break
+                loss.backward()
+                totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
+                for k, v in out.stats.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * weight
+            stepped, grad_norm = optimizer_step(ctx, skip=nonfinite)
+            if not stepped:
+                skipped = 1.0
+                break
+        totals = {k: v / max(1, cfg.rft.updates_per_batch) for k, v in totals.items()}
+        if skipped:
+            totals["loss"] = float("nan")
+        totals.update(skipped=skipped, grad_norm=grad_norm)
+        return totals

@@ -1,0 +1,75 @@
+"""Supervised fine-tuning on demonstration trajectories (the warm start of the spectrum).
+
+Out of the box the bundled model emits no well-formed tool call, so RL alone
+cannot start; a short SFT on demonstrations (scripted oracle policies of the
+environment, or a JSONL of conversations) gets it going. Only assistant
+tokens are trained: the demonstration's token record marks them ``sampled``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from agentrft.algo.batch import collate_trajectories
+from agentrft.algo.logprobs import token_logprobs
+from agentrft.algo.losses import sft_loss
+from agentrft.errors import ConfigError
+from agentrft.rollout.episode import tools_for_row
+from agentrft.train.demonstrations import demonstration_trajectory
+from agentrft.train.optim import optimizer_step
+
+
+def demonstrations_for(ctx, rows: list[dict], policy_name: str) -> list:
+    """Run an environment oracle on each row and record its conversation as a trainable trajectory."""
+    oracles = ctx.env.oracles or {}
+    if policy_name not in oracles:
+        raise ConfigError(f"environment {ctx.env.name!r} has no oracle {policy_name!r}; available: {', '.join(oracles) or 'none'}")
+    out = []
+    for row in rows:
+        env = ctx.env.make_env(row)
+        env.setup(row)
+        try:
+            schemas = [t.schema() for t in tools_for_row(env, row)] or None
+        finally:
+            env.close()
+        messages = oracles[policy_name](row)
+        out.append(demonstration_trajectory(messages, schemas, ctx.policy.chat_format, task_id=str(row.get("id", ""))))
+    return out
+
+
+def load_demonstrations_file(ctx, path: str) -> list:
+    from agentrft.datasets import load_jsonl_dataset
+
+    rows = load_jsonl_dataset(path).rows
+    return [demonstration_trajectory(r["messages"], r.get("tools"), ctx.policy.chat_format, str(r.get("id", ""))) for r in rows]
+
+
+class SFTMethod:
+    def prepare(self, ctx, train_rows: list[dict]) -> list:
+        d = ctx.cfg.data
+        if d.demonstrations_file:
+            return load_demonstrations_file(ctx, d.demonstrations_file)
+        return demonstrations_for(ctx, train_rows, d.demonstrations)
+
+    def step(self, ctx, batch: list, step: int) -> dict[str, float]:
+        policy, mb = ctx.policy, ctx.cfg.optim.micro_batch_size
+        t0 = time.perf_counter()
+        n_tok = sum(t.num_sampled_tokens for t in batch)
+        total, nonfinite = 0.0, False
+        ctx.optimizer.zero_grad(set_to_none=True)
+        policy.model.train()
+        for s in range(0, len(batch), mb):
+            part = batch[s : s + mb]
+            b = collate_trajectories(part, [0.0] * len(part), pad_id=policy.pad_token_id).to(policy.device)
+            logp = token_logprobs(policy.model, b.input_ids, b.attention_mask)
+            loss = sft_loss(logp, b.loss_mask) * (float(b.loss_mask.sum()) / max(1, n_tok))
+            if not torch.isfinite(loss):
+                nonfinite = True
+                break
+            loss.backward()
+            total += float(loss.detach())
+        stepped, norm = optimizer_step(ctx, skip=nonfinite)
+        return {"loss": total if stepped else float("nan"), "skipped": 0.0 if stepped else 1.0, "grad_norm": norm,
+                "tokens_trained": float(n_tok), "training_s": time.perf_counter() - t0}

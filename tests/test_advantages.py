@@ -1,0 +1,83 @@
+"""Group advantages against hand-computed values (GRPO z-score, Dr.GRPO mean, RLOO)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentrft.algo.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageEstimator,
+    compute_advantages,
+    discounted_turn_returns,
+    group_mean,
+    group_zscore,
+    leave_one_out,
+)
+
+
+def test_group_zscore_uses_sample_std():
+    # mean 0.5; Bessel std = sqrt(4 * 0.25 / 3) = 0.577350; 0.5 / 0.577350 = 0.866025
+    adv = group_zscore(torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.allclose(adv, torch.tensor([0.866025, -0.866025, -0.866025, 0.866025]), atol=1e-5)
+
+
+def test_group_zscore_batched_over_last_dim():
+    # row 1: [2, 4, 9]: mean 5, std = sqrt((9 + 1 + 16) / 2) = sqrt(13) = 3.605551
+    adv = group_zscore(torch.tensor([[1.0, 0.0, 0.5], [2.0, 4.0, 9.0]]))
+    assert adv.shape == (2, 3)
+    assert torch.allclose(adv[0], torch.tensor([1.0, -1.0, 0.0]), atol=1e-5)  # std 0.5
+    assert torch.allclose(adv[1], torch.tensor([-0.832050, -0.277350, 1.109400]), atol=1e-5)
+
+
+def test_group_mean_is_dr_grpo_no_std():
+    adv = group_mean(torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    adv = group_mean(torch.tensor([[2.0, 4.0, 9.0]]))
+    assert torch.allclose(adv, torch.tensor([[-3.0, -1.0, 4.0]]))
+
+
+def test_leave_one_out_values():
+    # 1 - (0 + 0 + 1)/3 = 2/3 ; 0 - (1 + 0 + 1)/3 = -2/3
+    adv = leave_one_out(torch.tensor([1.0, 0.0, 0.0, 1.0]))
+    assert torch.allclose(adv, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]))
+    # 3 - (1+2)/2 = 1.5 ; 1 - (3+2)/2 = -1.5 ; 2 - (3+1)/2 = 0
+    adv = leave_one_out(torch.tensor([[3.0, 1.0, 2.0]]))
+    assert torch.allclose(adv, torch.tensor([[1.5, -1.5, 0.0]]))
+    with pytest.raises(ValueError):
+        leave_one_out(torch.tensor([1.0]))
+
+
+def test_registry_covers_every_estimator():
+    assert set(ADVANTAGE_ESTIMATORS) == set(AdvantageEstimator)
+    assert AdvantageEstimator("dr_grpo") is AdvantageEstimator.DR_GRPO
+
+
+def test_compute_advantages_ragged_groups_and_zero_variance():
+    rewards = [[0.5, 0.5, 0.5], [1.0, 0.0], [0.7], [0.3, 0.3 + 5e-7], [1.0, 0.0, 0.0, 1.0]]
+    advs, zero_var = compute_advantages(rewards, AdvantageEstimator.GRPO)
+    assert zero_var == [True, False, True, True, False]
+    assert advs[0] == [0.0, 0.0, 0.0]
+    assert advs[2] == [0.0]
+    assert advs[3] == [0.0, 0.0]  # equal within 1e-6: exactly 0, not noise / eps
+    # [1, 0]: mean 0.5, Bessel std 0.707107 -> +-0.707106
+    assert advs[1] == pytest.approx([0.707106, -0.707106], abs=1e-5)
+    assert advs[4] == pytest.approx([0.866025, -0.866025, -0.866025, 0.866025], abs=1e-5)
+
+
+def test_compute_advantages_by_name_rloo_and_dr_grpo():
+    advs, zero_var = compute_advantages([[3.0, 1.0, 2.0], [1.0, 1.0]], "rloo")
+    assert advs == [pytest.approx([1.5, -1.5, 0.0]), [0.0, 0.0]]
+    assert zero_var == [False, True]
+    advs, _ = compute_advantages([[2.0, 4.0, 9.0]], AdvantageEstimator.DR_GRPO)
+    assert advs == [pytest.approx([-3.0, -1.0, 4.0])]
+
+
+def test_discounted_turn_returns():
+    assert discounted_turn_returns([0.0, 0.0, 1.0], 0.5) == pytest.approx([0.25, 0.5, 1.0])
+    # R2 = 3 ; R1 = 2 + 0.9*3 = 4.7 ; R0 = 1 + 0.9*4.7 = 5.23
+    assert discounted_turn_returns([1.0, 2.0, 3.0], 0.9) == pytest.approx([5.23, 4.7, 3.0])
+    assert discounted_turn_returns([1.0, 2.0], 0.0) == [1.0, 2.0]
+    assert discounted_turn_returns([], 0.9) == []
+    with pytest.raises(ValueError):
+        discounted_turn_returns([1.0], 1.5)

@@ -1,0 +1,128 @@
+"""Trajectory collation (loss mask from token kinds) and aligned token logprobs of a tiny Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agentrft.algo.batch import collate_trajectories
+from agentrft.algo.logprobs import logprobs_from_logits, token_logprobs, token_logprobs_and_entropy
+from agentrft.types import Trajectory
+
+
+def tool_trajectory() -> Trajectory:
+    """prompt [1 2 3] | sampled [4 5] | tool output [6 7] | sampled [8]"""
+    t = Trajectory(task_id="t", messages=[])
+    t.append_tokens([1, 2, 3], "prompt")
+    t.append_tokens([4, 5], "sampled", [-0.1, -0.2])
+    t.append_tokens([6, 7], "env")
+    t.append_tokens([8], "sampled", [-0.3])
+    return t
+
+
+def short_trajectory() -> Trajectory:
+    t = Trajectory(task_id="u", messages=[])
+    t.append_tokens([1, 2], "prompt")
+    t.append_tokens([9], "sampled", [-0.5])
+    return t
+
+
+def test_collate_shapes_values_and_right_padding():
+    b = collate_trajectories([tool_trajectory(), short_trajectory()], [0.5, -1.0], pad_id=0)
+    assert b.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 9, 0, 0, 0, 0, 0]]
+    assert b.attention_mask.tolist() == [[1] * 8, [1, 1, 1, 0, 0, 0, 0, 0]]
+    assert b.loss_mask.tolist() == [[0, 0, 0, 1, 1, 0, 0, 1], [0, 0, 1, 0, 0, 0, 0, 0]]
+    assert torch.allclose(b.old_logprobs, torch.tensor([[0, 0, 0, -0.1, -0.2, 0, 0, -0.3], [0, 0, -0.5, 0, 0, 0, 0, 0]]))
+    assert b.advantages.tolist() == [0.5, -1.0]
+    assert (b.input_ids.dtype, b.attention_mask.dtype, b.loss_mask.dtype, b.old_logprobs.dtype) == (
+        torch.long, torch.long, torch.float32, torch.float32)
+    assert b.truncated_tokens == [0, 0] and b.num_truncated == 0
+    moved = b.to("cpu")
+    assert torch.equal(moved.input_ids, b.input_ids) and moved.truncated_tokens == [0, 0]
+
+
+def test_tool_output_tokens_never_in_loss_mask():
+    trajs = [tool_trajectory(), short_trajectory()]
+    b = collate_trajectories(trajs, [1.0, 1.0], pad_id=0)
+    for i, t in enumerate(trajs):
+        for pos, kind in enumerate(t.token_kinds):
+            assert b.loss_mask[i, pos].item() == (1.0 if kind == "sampled" else 0.0), (i, pos, kind)
+    assert b.loss_mask.sum().item() == sum(t.num_sampled_tokens for t in trajs)
+
+
+def test_truncation_drops_tail_and_is_reported():
+    b = collate_trajectories([tool_trajectory(), short_trajectory()], [0.0, 0.0], pad_id=-1, max_len=6)
+    assert b.input_ids.tolist() == [[1, 2, 3, 4, 5, 6], [1, 2, 9, -1, -1, -1]]
+    assert b.loss_mask.tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0]]
+    assert b.truncated_tokens == [2, 0] and b.num_truncated == 1
+
+
+def test_first_token_never_trained_and_bad_input_rejected():
+    t = Trajectory(task_id="s", messages=[])
+    t.append_tokens([7, 8], "sampled", [-1.0, -2.0])
+    b = collate_trajectories([t], [1.0], pad_id=0)
+    assert b.loss_mask.tolist() == [[0, 1]] and b.old_logprobs.tolist() == [[0.0, -2.0]]
+    with pytest.raises(ValueError):
+        collate_trajectories([t], [1.0, 2.0], pad_id=0)
+    broken = tool_trajectory()
+    broken.logprobs[0] = -0.4  # a prompt token with a logprob violates the token record
+    with pytest.raises(ValueError):
+        collate_trajectories([broken], [1.0], pad_id=0)
+
+
+# -- token logprobs ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def naive_logprobs(model, ids, attn, temperature=1.0):
+    logits = model(input_ids=ids, attention_mask=attn).logits / temperature  # [B, T, V]
+    logp_all = torch.log_softmax(logits, dim=-1)  # [B, T, V]
+    out = torch.zeros(ids.shape)
+    out[:, 1:] = logp_all[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    probs = logp_all.exp()
+    ent = torch.zeros(ids.shape)
+    ent[:, 1:] = -(probs * logp_all).sum(-1)[:, :-1]
+    return out * attn, ent * attn
+
+
+def test_token_logprobs_match_naive_reference(tiny_llama):
+    b = collate_trajectories([tool_trajectory(), short_trajectory()], [0.0, 0.0], pad_id=0)
+    ids, attn = b.input_ids, b.attention_mask
+    for temperature in (1.0, 0.7):
+        ref, ref_ent = naive_logprobs(tiny_llama, ids, attn, temperature)
+        got = token_logprobs(tiny_llama, ids, attn, temperature=temperature, chunk_size=3)  # 3 chunks over T-1 = 7
+        assert got.shape == (2, 8)
+        assert torch.allclose(got, ref, atol=1e-5)
+        assert got[:, 0].tolist() == [0.0, 0.0] and got[1, 3:].abs().sum() == 0  # position 0 and padding
+        lp, ent = token_logprobs_and_entropy(tiny_llama, ids, attn, temperature=temperature, chunk_size=2)
+        assert torch.allclose(lp, ref, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
+        assert not ent.requires_grad
+
+
+def test_token_logprobs_backprop(tiny_llama):
+    ids = torch.tensor([[5, 17, 42, 3]])
+    attn = torch.ones_like(ids)
+    tiny_llama.zero_grad()
+    token_logprobs(tiny_llama, ids, attn, chunk_size=2).sum().backward()
+    got_grad = tiny_llama.lm_head.weight.grad.clone()
+    tiny_llama.zero_grad()
+    naive_logprobs(tiny_llama, ids, attn)[0].sum().backward()
+    naive_grad = tiny_llama.lm_head.weight.grad
+    assert torch.allclose(got_grad, naive_grad, atol=1e-5)
+    tiny_llama.zero_grad()
+
+
+def test_logprobs_from_logits_single_token_and_bad_temperature():
+    lp, ent = logprobs_from_logits(torch.randn(2, 1, 7), torch.tensor([[3], [4]]))
+    assert lp.tolist() == [[0.0], [0.0]] and ent is None
+    with pytest.raises(ValueError):
+        logprobs_from_logits(torch.randn(1, 2, 7), torch.tensor([[1, 2]]), temperature=0.0)
