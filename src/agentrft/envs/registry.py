@@ -35,6 +35,7 @@ class EnvSpec:
 _BUILTINS: dict[str, str] = {
     "finance": "agentrft.envs.finance:env_spec",
     "support": "agentrft.envs.support:env_spec",
+    "coding": "agentrft.envs.coding:env_spec",
     "toy": "agentrft.envs.toy:env_spec",
 }
 _LOADED: dict[str, EnvSpec] = {}

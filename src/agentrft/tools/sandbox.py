@@ -784,8 +784,11 @@ class _Reaper:
 
     def kill(self) -> None:
         if self._pidfd is not None:
+            # Only the init: bwrap outside then reaps it and exits. Killing bwrap too would orphan the
+            # init to the host's pid 1 (a zombie until that reaps it).
             try:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                return
             except ProcessLookupError:
                 pass
         if self.proc.poll() is None:
@@ -802,7 +805,8 @@ class _Reaper:
         try:
             self.proc.wait(timeout=_KILL_GRACE_S)
         except subprocess.TimeoutExpired:
-            pass
+            self.proc.kill()
+            self.proc.wait()
         if self.info_fd is not None:  # bwrap finished before we read all its info: it is buffered
             os.set_blocking(self.info_fd, False)
             with selectors.DefaultSelector() as sel:

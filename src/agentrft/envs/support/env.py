@@ -42,7 +42,7 @@ from agentrft.tools.base import ToolFailure
 from agentrft.tools.environment import Environment
 from agentrft.types import TaskRow, ToolErrorKind
 
-__all__ = ["SupportEnv"]
+__all__ = ["SupportEnv", "normalize_order_id"]
 
 ALLOWED_FUNCTIONS = frozenset({
     "abs", "avg", "coalesce", "count", "date", "datetime", "group_concat", "ifnull", "iif", "instr",
@@ -145,7 +145,7 @@ class SupportEnv(Environment):
         Args:
             order_id: the order number, e.g. "1042".
         """
-        order_id = _clean_order_id(order_id)
+        order_id = normalize_order_id(order_id)
         order = self._one("SELECT * FROM orders WHERE order_id = ?", (order_id,))
         if order is None:
             raise ToolFailure(ToolErrorKind.TOOL_ERROR, f"no order {order_id!r}")
@@ -191,7 +191,7 @@ class SupportEnv(Environment):
             amount: the refund in dollars; at most the order total.
             reason: a short reason, e.g. "lost shipment".
         """
-        order_id = _clean_order_id(order_id)
+        order_id = normalize_order_id(order_id)
         with self._lock:
             conn = self._open_conn()
             if self.refunds_issued:
@@ -314,7 +314,7 @@ def _read_only_authorizer(denied: list[str]):
     return authorize
 
 
-def _clean_order_id(order_id: str) -> str:
+def normalize_order_id(order_id: str) -> str:
     """Accept "#1042" and " 1042 " for "1042"."""
     return order_id.strip().lstrip("#").strip()
 

@@ -1,0 +1,187 @@
+"""Training through the real CLI with a tiny model: a reward that rises, exact resume after kill -9,
+non-finite steps skipped, and config errors caught at load time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from agentrft.config import load_config
+from agentrft.errors import ConfigError
+from agentrft.jobs.checkpoint import load_latest_checkpoint
+from agentrft.jobs.store import RunStore
+
+AGENTRFT = [sys.executable, "-m", "agentrft.cli"]
+
+# The toy environment rewards the share of even token ids; at temperature 0.1 a
+# tiny random model's choices concentrate on a few tokens per context, so a few
+# policy-gradient steps move the reward from ~0.5 to ~1.
+RFT_CONFIG = {
+    "method": "rft",
+    "data": {"env": "toy"},
+    "lora": {"enabled": False},
+    "training": {"max_steps": 8, "batch_size": 2, "eval_interval": 4, "eval_samples": 4, "checkpoint_interval": 1},
+    "rft": {"group_size": 4},
+    "optim": {"learning_rate": 0.01, "micro_batch_size": 8},
+    "rollout": {"max_turns": 1, "max_new_tokens": 12, "temperature": 0.1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from agentrft.models.loading import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def write_config(path: Path, model_dir: Path, out_dir: Path, **overrides) -> Path:
+    cfg = json.loads(json.dumps(RFT_CONFIG))
+    cfg.update(model=str(model_dir), out_dir=str(out_dir))
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*AGENTRFT, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def train_rewards(run_dir: Path) -> list[float]:
+    store = RunStore(run_dir)
+    frame = store.metrics_frame("train")
+    store.close()
+    return [frame[s]["reward_mean"] for s in sorted(frame)]
+
+
+@pytest.mark.slow
+def test_rft_reward_rises_through_the_cli(tmp_path, tiny_model_dir):
+    cfg = write_config(tmp_path / "rft.yaml", tiny_model_dir, tmp_path / "run")
+    proc = run_cli("train", str(cfg))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rewards = train_rewards(tmp_path / "run")
+    assert len(rewards) == 8
+    # Golden curve with tolerance: starts near chance, ends near the ceiling.
+    assert sum(rewards[:2]) / 2 < 0.75, rewards
+    assert sum(rewards[-3:]) / 3 > 0.9, rewards
+    store = RunStore(tmp_path / "run")
+    run = store.get_run()
+    assert run["status"] == "completed" and run["method"] == "rft"
+    assert run["resolved_config"]["rft"]["group_size"] == 4
+    assert {"dataset", "grader", "base_model", "config"} <= set(run["hashes"])
+    trajs = store.trajectories(step=1)
+    assert len(trajs) == 8 and all("reward" in t for t in trajs)
+    val = store.metrics_frame("validation")
+    assert sorted(val) == [4, 8]
+    assert "mean reward" in proc.stdout
+
+
+def _train_until_killed(cfg: Path, run_dir: Path, kill_after_step: int) -> None:
+    proc = subprocess.Popen([*AGENTRFT, "train", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            latest = run_dir / "checkpoints" / "latest"
+            if latest.exists() and int(latest.read_text().strip().split("-")[-1]) >= kill_after_step:
+                break
+            if proc.poll() is not None:
+                pytest.fail("training finished before it could be killed")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir):
+    steps = {"training__max_steps": 6, "training__eval_interval": 6}
+    full = write_config(tmp_path / "full.yaml", tiny_model_dir, tmp_path / "full", **steps)
+    assert run_cli("train", str(full)).returncode == 0
+
+    crash = write_config(tmp_path / "crash.yaml", tiny_model_dir, tmp_path / "crash", **steps)
+    _train_until_killed(crash, tmp_path / "crash", kill_after_step=2)
+    killed_at = load_latest_checkpoint(tmp_path / "crash").step
+    assert 2 <= killed_at < 6
+    again = run_cli("train", str(crash))  # without --resume: refuses to overwrite the run
+    assert again.returncode != 0 and "--resume" in again.stderr
+    proc = run_cli("train", str(crash), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"continuing after step {killed_at}" in proc.stdout
+
+    a, b = RunStore(tmp_path / "full"), RunStore(tmp_path / "crash")
+    for step in range(killed_at + 1, 7):
+        ids_a = [(t["task_id"], t["group_index"], t["token_ids"]) for t in a.trajectories(step=step)]
+        ids_b = [(t["task_id"], t["group_index"], t["token_ids"]) for t in b.trajectories(step=step)]
+        assert ids_a == ids_b, f"step {step} sampled differently after resume"
+    assert train_rewards(tmp_path / "full") == train_rewards(tmp_path / "crash")
+    from safetensors.torch import load_file
+
+    final_a = load_file(tmp_path / "full/checkpoints/step-000006/model.safetensors")
+    final_b = load_file(tmp_path / "crash/checkpoints/step-000006/model.safetensors")
+    assert final_a.keys() == final_b.keys()
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a), "parameters differ after resume"
+    assert any(e["kind"] == "resume" for e in b.events())
+
+
+def test_nonfinite_loss_skips_update_and_stops_after_k(tmp_path, tiny_model, monkeypatch):
+    import copy
+
+    import agentrft.train.rft as rft
+    from agentrft.train.runner import TrainingStopped, run_job
+
+    real_loss = rft.policy_loss
+
+    def nan_loss(*args, **kwargs):  # what a numerically broken step produces
+        out = real_loss(*args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(rft, "policy_loss", nan_loss)
+    model, tok = tiny_model
+    model = copy.deepcopy(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = load_config({**RFT_CONFIG, "model": "unused", "out_dir": str(tmp_path / "nan"),
+                       "training": {**RFT_CONFIG["training"], "max_bad_steps": 2, "max_steps": 5}})
+    with pytest.raises(TrainingStopped, match="non-finite"):
+        run_job(cfg, model=model, tokenizer=tok, log=lambda s: None)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), f"{n} changed by a skipped step"
+    store = RunStore(tmp_path / "nan")
+    assert len(store.events("nonfinite_skip")) == 2
+    assert store.get_run()["status"] == "failed"
+    assert [m["value"] for m in store.metrics("skipped")] == [1.0, 1.0]
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"training\.max_stpes: unknown key"):
+        load_config({"method": "rft", "training": {"max_stpes": 3}})
+    with pytest.raises(ConfigError, match="method"):
+        load_config({"method": "ppo"})
+    with pytest.raises(ConfigError, match="dpo.*needs"):
+        load_config({"method": "dpo"})
+    with pytest.raises(ConfigError, match="per_turn_rewards"):
+        load_config({"method": "rft", "rft": {"per_turn_rewards": True, "loss": "gspo"}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: [rft\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_openai_hyperparameters_map_onto_native_fields():
+    cfg = load_config({"method": "rft", "optim": {"learning_rate": 1e-4},
+                       "hyperparameters": {"n_epochs": 3, "batch_size": 5, "learning_rate_multiplier": 2.0,
+                                           "eval_interval": 7, "eval_samples": 9, "compute_multiplier": 2.0, "seed": 11}})
+    assert cfg.training.n_epochs == 3 and cfg.training.batch_size == 5
+    assert cfg.optim.learning_rate == pytest.approx(2e-4)
+    assert cfg.training.eval_interval == 7 and cfg.training.eval_samples == 9
+    assert cfg.rft.group_size == 8 and cfg.seed == 11
