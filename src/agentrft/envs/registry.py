@@ -27,7 +27,8 @@ class EnvSpec:
     load_split: Callable[[str], list[TaskRow]]
     make_env: Callable[[TaskRow], "Environment"]  # a fresh instance per rollout
     grade: Callable[[Trajectory, TaskRow], Grade]  # default grader used by `agentrft eval`
-    # Scripted policies (name -> function(row) -> list of assistant messages), for demos/tests.
+    # Scripted policies: name -> function(row) -> the complete executed conversation (system, user,
+    # assistant tool calls, tool results, final answer), i.e. a demonstration for SFT/DPO.
     oracles: dict[str, Callable[[TaskRow], list[dict]]] | None = None
 
 

@@ -8,7 +8,7 @@ search at once.
 
 Tokenisation is ours, not bm25s's, so queries and documents are tokenised
 identically and deterministically: lower-cased alphanumeric runs, a short
-English stop-word list dropped, a plural ``s`` stripped ("reports" finds
+English stop-word list and single letters dropped, a plural ``s`` stripped ("reports" finds
 "report"). Doc ids tokenise into their parts ("10K-NWC-2021" -> ``10k nwc
 2021``), so searching for an id finds it. Ties in score keep corpus order
 (a stable sort), so the same query always gives the same ranking.
@@ -36,7 +36,7 @@ def tokenize(text: str) -> list[str]:
     """Search tokens of ``text`` (the same function for documents and queries)."""
     out = []
     for token in _TOKEN.findall(text.lower()):
-        if token in _STOPWORDS:
+        if token in _STOPWORDS or (len(token) == 1 and token.isalpha()):  # "'s" leaves a lone "s"
             continue
         if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
             token = token[:-1]
