@@ -242,22 +242,28 @@ def train_cmd(config, resume, out_dir, overrides):
 @main.command("quickstart")
 @click.option("--out", type=click.Path(file_okay=False), default="quickstart-out", show_default=True)
 @click.option("--model", default="smollm2-135m", show_default=True)
-@click.option("--limit", type=int, default=32, show_default=True, help="Validation tasks to evaluate.")
-def quickstart_cmd(out, model, limit):
-    """The pragmatic path on the finance environment with the bundled model (measure first)."""
-    from agentrft.rollout.episode import RolloutConfig
+@click.option("--test-tasks", type=int, default=None, help="Held-out test tasks per eval (default: the recipe's).")
+@click.option("--sft-steps", type=int, default=None)
+@click.option("--rft-steps", type=int, default=None)
+def quickstart_cmd(out, model, test_tasks, sft_steps, rft_steps):
+    """The pragmatic path on the finance environment: baseline → SFT → RFT, each evaluated on held-out tasks."""
+    import dataclasses
 
-    t0 = time.perf_counter()
-    rcfg = RolloutConfig(max_turns=4, max_new_tokens=128, max_total_tokens=2048, temperature=0.7, seed=0)
+    from agentrft.quickstart import QuickstartRecipe, run_quickstart
+
+    recipe = QuickstartRecipe()
+    changes = {k: v for k, v in dict(test_tasks=test_tasks, sft_steps=sft_steps, rft_steps=rft_steps).items() if v is not None}
+    recipe = dataclasses.replace(recipe, **changes)
     try:
-        baseline = run_eval(model, "finance", "validation", limit, 1, Path(out) / "baseline", 8, rcfg, "auto")
+        result = run_quickstart(out, model, recipe, log=click.echo)
     except AgentRFTError as e:
         _fail(e)
-    result = {"baseline": baseline, "wall_s": time.perf_counter() - t0}
-    Path(out).mkdir(parents=True, exist_ok=True)
-    (Path(out) / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
-    print_summary_table({"baseline": baseline})
-    click.echo(f"wrote {Path(out) / 'quickstart.json'}")
+    print_summary_table({k: result[k] for k in ("baseline", "sft", "rft")})
+    n = result["test_tasks"]
+    for stage in ("baseline", "sft", "rft"):
+        lo, hi = result[stage]["accuracy_ci95"]
+        click.echo(f"{stage:>9}: accuracy {result[stage]['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={n})")
+    click.echo(f"total wall time {result['wall_s']:.0f} s; wrote {Path(out) / 'quickstart.json'}")
 
 
 def _register_groups() -> None:

@@ -111,8 +111,11 @@ def evaluate_rows(
     samples: int = 1,
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
+    grade: Callable[[Trajectory, TaskRow], Grade] | None = None,
 ) -> list[GradedRollout]:
-    """Roll out and grade ``rows``; ``batch_size`` rollouts share each sampler call."""
+    """Roll out and grade ``rows`` (with ``grade``, default the environment's grader);
+    ``batch_size`` rollouts share each sampler call."""
+    grade = grade or env.grade
     graded: list[GradedRollout] = []
     tasks_per_batch = max(1, batch_size // max(1, samples))
     for start in range(0, len(rows), tasks_per_batch):
@@ -120,7 +123,7 @@ def evaluate_rows(
         trajs = run_episodes(chunk, env.make_env, sampler, chat_format, config, samples_per_task=samples)
         for i, traj in enumerate(trajs):
             row = chunk[i // samples]
-            graded.append(GradedRollout(row, traj, grade_safely(env.grade, traj, row)))
+            graded.append(GradedRollout(row, traj, grade_safely(grade, traj, row)))
         if progress:
             progress(len(trajs))
     return graded

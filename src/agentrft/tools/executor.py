@@ -14,10 +14,15 @@ not a crash), and the model sees it as the tool's result, e.g.
 ``UNKNOWN_TOOL``     no tool of that name
 ``INVALID_ARGUMENTS`` the arguments fail JSON-schema validation (Draft 2020-12)
                      against the tool's ``parameters``; validator message and path
+``GUARDRAIL``        the optional :class:`~agentrft.tools.guardrails.Guardrails` refused
+                     it (allow-list, per-tool cap, argument policy); not run
 ``TIMEOUT``          not finished within ``timeout_s`` (``asyncio.wait_for``)
 ``<kind>``           the tool raised ``ToolFailure(kind, message)``
 ``EXCEPTION``        the tool raised anything else: ``"ExcType: message"``
 ==================  =================================================================
+
+All of these checks run for the calls of a turn in call order before any
+call starts, so which calls are refused never depends on timing.
 
 Results longer than ``max_output_chars`` are cut to that many characters and
 end with ``[truncated: N characters omitted]``; for a failure the message is
@@ -44,7 +49,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, relevance
@@ -53,6 +58,9 @@ from agentrft.errors import ConfigError, ToolDefinitionError
 from agentrft.tools.base import Tool, ToolContext, ToolFailure, run_sync
 from agentrft.tools.schema import result_text
 from agentrft.types import TaskRow, ToolCall, ToolCallRecord, ToolError, ToolErrorKind
+
+if TYPE_CHECKING:  # pragma: no cover - guardrails import this module
+    from agentrft.tools.guardrails import Guardrails
 
 __all__ = ["ToolExecutor", "ToolLimits", "error_text", "truncate_text"]
 
@@ -89,6 +97,7 @@ class ToolExecutor:
         limits: ToolLimits | None = None,
         trace_id: str | None = None,
         item: TaskRow | None = None,
+        guardrails: "Guardrails | None" = None,
     ):
         self.limits = limits or ToolLimits()
         self.trace_id = trace_id or uuid.uuid4().hex
@@ -102,17 +111,20 @@ class ToolExecutor:
             self._validators[t.name] = _validator(t)
         self.calls_made = 0
         """Calls attempted so far in this rollout (including refused and failed ones)."""
+        self.guardrails = guardrails
+        self.guardrail_state = guardrails.start(self.item) if guardrails is not None else None
+        """This rollout's guardrail bookkeeping (``None`` without guardrails)."""
 
     # -- running calls ----------------------------------------------------------------
     async def aexecute(self, calls: Sequence[ToolCall], turn: int) -> list[ToolCallRecord]:
         """Run one turn's calls concurrently; one record per call, in call order."""
-        # The budget is assigned in call order before anything runs, so which
-        # calls are refused does not depend on which finishes first.
-        allowed = []
-        for _ in calls:
+        # The budget and guardrails are applied in call order before anything runs,
+        # so which calls are refused does not depend on which finishes first.
+        refusals = []
+        for call in calls:
             self.calls_made += 1
-            allowed.append(self.calls_made <= self.limits.max_calls)
-        return list(await asyncio.gather(*(self._run(c, turn, ok) for c, ok in zip(calls, allowed))))
+            refusals.append(self._refusal(call, self.calls_made <= self.limits.max_calls))
+        return list(await asyncio.gather(*(self._run(c, turn, r) for c, r in zip(calls, refusals))))
 
     def execute(self, calls: Sequence[ToolCall], turn: int) -> list[ToolCallRecord]:
         """Synchronous :meth:`aexecute` (on the tools background loop; do not call from that loop)."""
@@ -130,9 +142,9 @@ class ToolExecutor:
         call = ToolCall(name=UNPARSED_CALL_NAME, arguments={"raw": raw_text})
         return ToolCallRecord(call=call, turn=turn, result=error_text(error), error=error)
 
-    async def _run(self, call: ToolCall, turn: int, within_budget: bool) -> ToolCallRecord:
+    async def _run(self, call: ToolCall, turn: int, refusal: ToolError | None) -> ToolCallRecord:
         start = time.perf_counter()
-        error = self._refusal(call, within_budget)
+        error = refusal
         result = ""
         if error is None:
             ctx = ToolContext(trace_id=self.trace_id, call_id=call.id, turn=turn, item=self.item)
@@ -142,6 +154,8 @@ class ToolExecutor:
                 error = ToolError(
                     ToolErrorKind.TIMEOUT, f"{call.name!r} did not finish within {self.limits.timeout_s:g}s"
                 )
+            if self.guardrail_state is not None:
+                self.guardrail_state.finish(call, error)
         latency = time.perf_counter() - start
         if error is None:
             result = self._cut(result)
@@ -166,6 +180,11 @@ class ToolExecutor:
             if len(problems) > MAX_SCHEMA_ERRORS_SHOWN:
                 shown.append(f"and {len(problems) - MAX_SCHEMA_ERRORS_SHOWN} more")
             return ToolError(ToolErrorKind.INVALID_ARGUMENTS, "; ".join(shown))
+        if self.guardrails is not None and self.guardrail_state is not None:
+            refused = self.guardrails.check(call, self.guardrail_state)
+            if refused is not None:
+                return refused
+            self.guardrail_state.admit(call)  # counted now, so later calls of this turn see it
         return None
 
     @staticmethod

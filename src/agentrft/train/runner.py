@@ -87,6 +87,7 @@ class RunResult:
     final_eval: dict
     best_eval_reward: float | None
     stopped_early: bool = False
+    policy: Policy | None = None  # the trained policy, for callers that evaluate further (quickstart)
 
 
 def seed_everything(seed: int) -> None:
@@ -113,13 +114,18 @@ def eval_policy(ctx: TrainContext, rows: list[dict], seed: int) -> dict:
                          temperature=r.eval_temperature, top_p=1.0, tool_timeout_s=r.tool_timeout_s,
                          max_tool_calls=r.max_tool_calls, seed=seed)
     t0 = time.perf_counter()
-    graded = evaluate_rows(rows, ctx.env, ctx.sampler, ctx.policy.chat_format, rcfg, samples=1, batch_size=16)
+    graded = evaluate_rows(rows, ctx.env, ctx.sampler, ctx.policy.chat_format, rcfg, samples=1, batch_size=16,
+                           grade=ctx.grade)
     return summarize(graded, time.perf_counter() - t0)
 
 
 def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
-            log: Callable[[str], None] = print) -> RunResult:
-    """Run a training job to completion (or early stop); returns where it lives and its final eval."""
+            grade: Callable | None = None, log: Callable[[str], None] = print) -> RunResult:
+    """Run a training job to completion (or early stop); returns where it lives and its final eval.
+
+    ``grade`` (a ``(trajectory, row) -> Grade`` function) overrides the reward
+    for Python callers; from YAML, use the ``grader`` spec.
+    """
     run_dir = Path(cfg.out_dir or f"runs/{cfg.method.value}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / "run.db").exists() and not resume:
         raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another out_dir")
@@ -127,12 +133,14 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     seed_everything(cfg.seed)
 
     env = get_env(cfg.data.env)
-    grade = env.grade
+    if grade is not None and cfg.grader is not None:
+        raise ConfigError("give the reward either as a grader spec in the config or as a function, not both")
+    grade = grade or env.grade
     if cfg.grader is not None:
         from agentrft.graders import load_grader
 
         grader = load_grader(cfg.grader)
-        grade = grader.grade_trajectory
+        grade = grader.grade  # (sample: Trajectory, item: row) -> Grade
     policy = build_policy(cfg, model, tokenizer)
     if cfg.init_from:
         _init_from(policy, Path(cfg.init_from))
@@ -227,7 +235,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     if last_eval is None:
         last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed)
     store.set_status("completed")
-    return RunResult(run_dir, state["step"], last_eval, state["best_eval_reward"], stopped_early)
+    return RunResult(run_dir, state["step"], last_eval, state["best_eval_reward"], stopped_early, policy)
 
 
 def _numeric(d: dict) -> dict[str, float]:

@@ -66,5 +66,5 @@ def env_spec() -> EnvSpec:
         load_split=load_split,
         make_env=make_env,
         grade=grade,
-        oracles=dict(ORACLES),
+        oracles={name: (lambda row, _n=name: oracle_conversation(row, _n)) for name in ORACLES},
     )
