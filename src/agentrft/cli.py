@@ -45,6 +45,31 @@ def envs_cmd() -> None:
         click.echo(name)
 
 
+@main.command("tasks")
+@click.option("--env", "env_name", default="finance", show_default=True)
+@click.option("--split", default="validation", show_default=True)
+@click.option("--limit", type=int, default=None)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write JSONL here (default: stdout).")
+def tasks_cmd(env_name, split, limit, out):
+    """Export an environment's tasks as JSONL in OpenAI's RFT dataset format."""
+    from agentrft.datasets import write_jsonl
+    from agentrft.envs.registry import get_env
+
+    try:
+        env = get_env(env_name)
+        if split not in env.splits:
+            raise AgentRFTError(f"environment {env_name!r} has no split {split!r}; splits: {', '.join(env.splits)}")
+        rows = env.load_split(split)[:limit] if limit else env.load_split(split)
+    except AgentRFTError as e:
+        _fail(e)
+    if out:
+        write_jsonl(out, rows)
+        click.echo(f"wrote {len(rows)} tasks to {out}")
+    else:
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False))
+
+
 def rollout_options(f):
     """Options shared by the commands that roll out a model."""
     opts = [

@@ -179,3 +179,75 @@ def probe_cmd(spec: str, data: str, threshold: float, reference_key: str | None,
         Path(json_out).write_text(json.dumps(report.to_dict(), indent=2))
     if fail_on_flag and report.flagged:
         sys.exit(1)
+
+
+@grader.command("variance")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--model", default="smollm2-135m", show_default=True, help="Bundled model name or local HF model folder.")
+@click.option("--env", "env_name", default="finance", show_default=True)
+@click.option("--split", default="validation", show_default=True)
+@click.option("--limit", default=16, show_default=True, help="Tasks to sample.")
+@click.option("--samples", default=4, show_default=True, help="Samples per task.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--max-turns", default=4, show_default=True)
+@click.option("--max-new-tokens", default=96, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None)
+@judge_options
+def variance_cmd(spec: str, model: str, env_name: str, split: str, limit: int, samples: int, temperature: float,
+                 max_turns: int, max_new_tokens: int, seed: int, json_out: str | None, **judge: Any) -> None:
+    """Is there a learning signal? N samples per task with the current model; per-task score spread.
+
+    Tasks whose samples all score the same give GRPO-style training nothing to
+    learn from; a high zero-variance fraction means: change the grader (more
+    continuous), the tasks (easier/harder), or warm-start with SFT first.
+    """
+    from agentrft.envs.registry import get_env
+    from agentrft.errors import AgentRFTError
+    from agentrft.evaluation import evaluate_rows
+    from agentrft.models.chat_format import get_chat_format
+    from agentrft.models.loading import load_model
+    from agentrft.rollout.episode import RolloutConfig
+    from agentrft.rollout.hf_sampler import HFSampler
+
+    g = _load(spec, **judge)
+    try:
+        env = get_env(env_name)
+        rows = env.load_split(split)[:limit]
+        lm, tok = load_model(model)
+    except AgentRFTError as e:
+        _fail(str(e))
+    cfg = RolloutConfig(max_turns=max_turns, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    graded = evaluate_rows(rows, env, HFSampler(lm, pad_token_id=tok.pad_token_id), get_chat_format(tok), cfg,
+                           samples=samples, batch_size=max(samples, 8), grade=g.grade)
+    report = variance_report(graded, samples)
+    click.echo(f"grader {g.name!r} version {g.version}: {len(rows)} tasks x {samples} samples")
+    click.echo(f"  mean reward {report['reward_mean']:.3f}; mean per-task std {report['per_task_std_mean']:.3f}")
+    click.echo(f"  zero-variance tasks: {report['zero_variance_tasks']}/{len(rows)} "
+               f"({report['zero_variance_fraction']:.0%}) -- these give no learning signal")
+    click.echo(f"  grader errors: {report['grader_errors']}")
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def variance_report(graded: list, samples: int) -> dict[str, Any]:
+    """Per-task spread of rewards over ``samples`` rollouts each (graded in task-major order)."""
+    import statistics
+
+    per_task = []
+    for start in range(0, len(graded), samples):
+        rewards = [gr.grade.reward for gr in graded[start : start + samples]]
+        per_task.append({"task_id": graded[start].trajectory.task_id, "rewards": rewards,
+                         "std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0})
+    zero = sum(1 for t in per_task if max(t["rewards"]) - min(t["rewards"]) <= 1e-6)
+    all_rewards = [r for t in per_task for r in t["rewards"]]
+    return {
+        "tasks": len(per_task),
+        "samples": samples,
+        "reward_mean": statistics.fmean(all_rewards) if all_rewards else 0.0,
+        "per_task_std_mean": statistics.fmean(t["std"] for t in per_task) if per_task else 0.0,
+        "zero_variance_tasks": zero,
+        "zero_variance_fraction": zero / len(per_task) if per_task else 0.0,
+        "grader_errors": sum(1 for gr in graded if gr.grade.has_error),
+        "per_task": per_task,
+    }

@@ -281,8 +281,10 @@ def load_model(
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """Load ``(model, tokenizer)``: model in eval mode on ``device``, tokenizer with a pad token."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     folder = resolve_model(name_or_path)
+    hf_logging.disable_progress_bar()  # a cached local load takes a second; its bar is noise in our output
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=_torch_dtype(dtype))
     model.to(device)
     model.eval()

@@ -1,0 +1,109 @@
+"""The CLI end to end with a tiny model: eval writes summary.json, rollout shows token kinds,
+tasks exports JSONL, grader variance reports the learning signal, errors are clear."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from agentrft.cli import main
+from agentrft.evaluation import GradedRollout
+from agentrft.graders.cli import variance_report
+from agentrft.types import Grade, Trajectory
+
+SUMMARY_KEYS = {"reward_mean", "accuracy", "tool_calls_per_rollout", "tool_error_rate", "tokens_mean", "wall_s"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from agentrft.models.loading import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-cli") / "model")
+
+
+def test_eval_through_the_real_cli_writes_summary(tmp_path, tiny_model_dir):
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "agentrft.cli", "eval", "--model", str(tiny_model_dir), "--env", "finance",
+         "--split", "validation", "--limit", "3", "--samples", "2", "--max-new-tokens", "8", "--max-turns", "2",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["n_rollouts"] == 6 and summary["n_tasks"] == 3
+    lines = (out / "trajectories.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    first = json.loads(lines[0])
+    assert set(first["token_kinds"]) <= {"prompt", "sampled", "env"} and "sampled" in first["token_kinds"]
+    assert "grade" in first and 0.0 <= first["grade"]["reward"] <= 1.0
+    # tokens in the summary are the record's tokens
+    assert summary["tokens_mean"] == pytest.approx(sum(len(json.loads(l)["token_ids"]) for l in lines) / 6)
+    assert "mean reward" in proc.stdout and "tool calls / rollout" in proc.stdout
+
+
+def test_rollout_prints_token_kinds(tiny_model_dir):
+    res = CliRunner().invoke(main, ["rollout", "--model", str(tiny_model_dir), "--env", "finance", "--index", "1",
+                                    "--max-new-tokens", "6", "--max-turns", "1"])
+    assert res.exit_code == 0, res.output
+    assert "⟦prompt ×" in res.output and "⟦sampled ×6⟧" in res.output
+    assert "stop:" in res.output and "trace_id" in res.output
+    res = CliRunner().invoke(main, ["rollout", "--model", str(tiny_model_dir), "--json", "--max-new-tokens", "4",
+                                    "--max-turns", "1"])
+    record = json.loads(res.stdout)
+    assert record["token_kinds"].count("sampled") == 4
+
+
+def test_clear_errors_for_bad_model_env_and_split(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["eval", "--model", "no-such-model", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "smollm2-135m" in res.output
+    res = runner.invoke(main, ["eval", "--env", "nope", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "finance" in res.output
+    res = runner.invoke(main, ["tasks", "--env", "finance", "--split", "nope"])
+    assert res.exit_code == 2 and "validation" in res.output
+
+
+def test_tasks_exports_openai_rft_rows(tmp_path):
+    out = tmp_path / "val.jsonl"
+    res = CliRunner().invoke(main, ["tasks", "--env", "finance", "--split", "validation", "--limit", "5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    from agentrft.datasets import load_jsonl_dataset
+
+    loaded = load_jsonl_dataset(out, strict=True)
+    assert len(loaded.rows) == 5 and all("answer" in r and r["messages"] for r in loaded.rows)
+
+
+def _graded(rewards: list[float], task: str) -> list[GradedRollout]:
+    return [GradedRollout({}, Trajectory(task_id=task, messages=[]), Grade(reward=r)) for r in rewards]
+
+
+def test_variance_report_values():
+    graded = _graded([1.0, 1.0, 1.0], "a") + _graded([0.0, 0.5, 1.0], "b")
+    rep = variance_report(graded, samples=3)
+    assert rep["tasks"] == 2 and rep["zero_variance_tasks"] == 1 and rep["zero_variance_fraction"] == 0.5
+    assert rep["reward_mean"] == pytest.approx(4.5 / 6)
+    assert rep["per_task"][1]["std"] == pytest.approx((1 / 6) ** 0.5)
+
+
+def test_grader_variance_command_with_tiny_model(tmp_path, tiny_model_dir):
+    spec = tmp_path / "len.json"
+    spec.write_text(json.dumps({"type": "python", "name": "len3",
+                                "source": "def grade(sample, item):\n    return float(len(sample['output_text']) % 3 == 0)\n"}))
+    out = tmp_path / "var.json"
+    res = CliRunner().invoke(main, ["grader", "variance", str(spec), "--model", str(tiny_model_dir), "--env", "toy",
+                                    "--limit", "2", "--samples", "3", "--max-new-tokens", "5", "--max-turns", "1",
+                                    "--json-out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["tasks"] == 2 and all(len(t["rewards"]) == 3 for t in rep["per_task"])
+    assert all(r in (0.0, 1.0) for t in rep["per_task"] for r in t["rewards"])
+    zero = sum(1 for t in rep["per_task"] if len(set(t["rewards"])) == 1)
+    assert rep["zero_variance_tasks"] == zero
+    assert "zero-variance tasks" in res.output
