@@ -164,3 +164,9 @@ def test_infrastructure_failures_are_data_not_crashes(cf):
     (traj,) = run_episodes([ROW], lambda r: Calculator(), ExplodingSampler(), cf)
     assert traj.stop_reason == StopReason.INFRA_ERROR
     assert traj.errors[0].kind == "sampler" and "out of memory" in traj.errors[0].message
+
+
+def test_full_context_window_stops_with_context_limit(cf):
+    # a sampler that can no longer add tokens (prompt fills the window) returns nothing
+    (traj,) = run_episodes([ROW], lambda r: Calculator(), ScriptedSampler([[]]), cf)
+    assert traj.stop_reason == StopReason.CONTEXT_LIMIT and traj.num_sampled_tokens == 0

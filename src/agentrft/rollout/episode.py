@@ -192,6 +192,10 @@ def _sample_turn(active: list[_Live], sampler: Sampler, chat_format, config: Rol
     for lv, comp in zip(active, completions):
         traj = lv.traj
         traj.timings["sampling_s"] += dt
+        if not comp.token_ids and comp.finish_reason == "length":  # the model's context window is full
+            traj.stop_reason = StopReason.CONTEXT_LIMIT
+            lv.done = True
+            continue
         budget = config.max_total_tokens - traj.num_tokens
         ids, lps = comp.token_ids, comp.logprobs
         over_budget = len(ids) > budget
