@@ -170,3 +170,15 @@ def test_full_context_window_stops_with_context_limit(cf):
     # a sampler that can no longer add tokens (prompt fills the window) returns nothing
     (traj,) = run_episodes([ROW], lambda r: Calculator(), ScriptedSampler([[]]), cf)
     assert traj.stop_reason == StopReason.CONTEXT_LIMIT and traj.num_sampled_tokens == 0
+
+
+def test_guardrails_refuse_calls_and_the_rollout_continues(cf):
+    from agentrft.tools.guardrails import Guardrails, count_guardrail_violations
+
+    calls = [ToolCall("add", {"a": 1, "b": 2}, id="c1"), ToolCall("add", {"a": 500, "b": 2}, id="c2")]
+    script = [cf.assistant_tokens(call_msg(*calls)), cf.assistant_tokens({"role": "assistant", "content": "3"})]
+    rails = Guardrails({"argument_constraints": {"add": {"a": {"maximum": 100}}}})
+    (traj,) = run_episodes([ROW], lambda r: Calculator(), ScriptedSampler([list(s) for s in script]), cf, guardrails=rails)
+    assert [r.error.kind if r.error else None for r in traj.tool_calls] == [None, ToolErrorKind.GUARDRAIL]
+    assert count_guardrail_violations(traj) == 1 and traj.stop_reason == StopReason.ANSWER
+    assert "Error (guardrail)" in [m for m in traj.messages if m["role"] == "tool"][1]["content"]

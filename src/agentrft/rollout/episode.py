@@ -27,6 +27,7 @@ from agentrft.rollout.sampler import Completion, Sampler, SamplingParams
 from agentrft.tools.base import Tool, run_sync
 from agentrft.tools.environment import Environment
 from agentrft.tools.executor import ToolExecutor, ToolLimits
+from agentrft.tools.guardrails import Guardrails
 from agentrft.tools.schema import SchemaOnlyTool
 from agentrft.types import (
     Message,
@@ -117,12 +118,17 @@ def run_episodes(
     config: RolloutConfig = RolloutConfig(),
     samples_per_task: int = 1,
     on_finished: Callable[[Trajectory], None] | None = None,
+    guardrails: Guardrails | None = None,
 ) -> list[Trajectory]:
-    """Roll out every task ``samples_per_task`` times; returns trajectories in task-major order."""
+    """Roll out every task ``samples_per_task`` times; returns trajectories in task-major order.
+
+    ``guardrails`` (allow-lists, per-tool caps, argument constraints) are
+    checked before every tool call; violations are typed ``guardrail`` errors.
+    """
     live: list[_Live] = []
     for row in tasks:
         for k in range(samples_per_task):
-            live.append(_start(row, k, make_env, chat_format, config))
+            live.append(_start(row, k, make_env, chat_format, config, guardrails))
     for lv in live:
         if lv.done and on_finished:
             on_finished(lv.traj)
@@ -143,7 +149,7 @@ def run_episodes(
     return [lv.traj for lv in live]
 
 
-def _start(row: TaskRow, k: int, make_env, chat_format, config: RolloutConfig) -> _Live:
+def _start(row: TaskRow, k: int, make_env, chat_format, config: RolloutConfig, guardrails: Guardrails | None) -> _Live:
     messages = normalize_messages(row.get("messages") or [])
     traj = Trajectory(task_id=str(row.get("id", "")), messages=messages, group_index=k)
     traj.timings.update(start=time.time(), sampling_s=0.0, tools_s=0.0)
@@ -159,6 +165,7 @@ def _start(row: TaskRow, k: int, make_env, chat_format, config: RolloutConfig) -
                        max_output_chars=config.max_tool_output_chars),
             trace_id=traj.trace_id,
             item=row,
+            guardrails=guardrails,
         )
         schemas = [t.schema() for t in lv.tools] or None
         traj.append_tokens(chat_format.prompt_tokens(messages, schemas), "prompt")

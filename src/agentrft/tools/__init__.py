@@ -35,6 +35,8 @@ _LAZY = {
     "MCPToolset": "agentrft.tools.mcp_tools",
     "Sandbox": "agentrft.tools.sandbox",
     "SandboxConfig": "agentrft.tools.sandbox",
+    "Guardrails": "agentrft.tools.guardrails",
+    "GuardrailConfig": "agentrft.tools.guardrails",
     "PythonTool": "agentrft.tools.sandbox",
     "ShellTool": "agentrft.tools.sandbox",
 }

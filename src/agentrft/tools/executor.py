@@ -21,8 +21,9 @@ not a crash), and the model sees it as the tool's result, e.g.
 ``EXCEPTION``        the tool raised anything else: ``"ExcType: message"``
 ==================  =================================================================
 
-All of these checks run for the calls of a turn in call order before any
-call starts, so which calls are refused never depends on timing.
+The refusals (budget, unknown tool, arguments, guardrail) are decided for
+the calls of a turn in call order before any call starts, so which calls are
+refused never depends on timing.
 
 Results longer than ``max_output_chars`` are cut to that many characters and
 end with ``[truncated: N characters omitted]``; for a failure the message is
