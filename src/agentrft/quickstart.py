@@ -34,14 +34,14 @@ from agentrft.types import Grade, TaskRow, Trajectory
 
 @dataclass(frozen=True)
 class QuickstartRecipe:
-    """Sizes of each stage; the defaults fit the 15-minute budget on 2 CPU cores."""
+    """Sizes of each stage (see docs/training.md for measured wall times on 2 CPU cores)."""
 
-    test_tasks: int = 48
-    sft_demos: int = 64
-    sft_steps: int = 16
+    test_tasks: int = 32
+    sft_demos: int = 32
+    sft_steps: int = 8
     sft_batch: int = 4
     sft_lr: float = 1e-3
-    rft_steps: int = 8
+    rft_steps: int = 4
     rft_tasks_per_step: int = 2
     rft_group: int = 4
     rft_lr: float = 2e-4
