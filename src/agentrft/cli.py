@@ -105,32 +105,56 @@ def _rollout_config(temperature, top_p, max_turns, max_new_tokens, max_total_tok
                          temperature=temperature, top_p=top_p, seed=seed)
 
 
-def run_eval(model, env_name, split, limit, samples, out, batch_size, rcfg, chat_format, data=None, quiet=False) -> dict:
-    """Shared by ``eval`` and ``quickstart``: returns the summary dict (also written to OUT)."""
-    from tqdm import tqdm
-
+def resolve_env_and_rows(env_name: str, split: str, data: str | None, tools: str | None, grader: str | None):
+    """The environment spec and task rows of an eval: a built-in split, or your file + tools + grader."""
     from agentrft.envs.registry import get_env
-    from agentrft.evaluation import evaluate_rows, summarize, write_eval_outputs
 
-    env = get_env(env_name)
+    rows = None
     if data:
         from agentrft.datasets import load_jsonl_dataset
 
         loaded = load_jsonl_dataset(data)
         for err in loaded.errors:
-            click.secho(f"skipped {err.path}:{err.line}: {err.message}", fg="yellow", err=True)
+            click.secho(f"skipped {err}", fg="yellow", err=True)
         rows = loaded.rows
-    else:
+    grade = None
+    if grader:
+        from agentrft.graders import load_grader
+
+        grade = load_grader(grader).grade  # (trajectory, row) -> Grade
+    if tools:
+        from agentrft.envs.external import external_env_spec, load_tools_config
+
+        if rows is None or grade is None:
+            raise AgentRFTError("--tools needs --data (the tasks) and --grader (the reward)")
+        return external_env_spec(rows, load_tools_config(tools), grade), rows
+    env = get_env(env_name)
+    if grade is not None:
+        import dataclasses
+
+        env = dataclasses.replace(env, grade=grade)
+    if rows is None:
         if split not in env.splits:
             raise AgentRFTError(f"environment {env_name!r} has no split {split!r}; splits: {', '.join(env.splits)}")
         rows = env.load_split(split)
+    return env, rows
+
+
+def run_eval(model, env_name, split, limit, samples, out, batch_size, rcfg, chat_format, data=None, tools=None,
+             grader=None, quiet=False) -> dict:
+    """Shared by ``eval`` and ``quickstart``: returns the summary dict (also written to OUT)."""
+    from tqdm import tqdm
+
+    from agentrft.evaluation import evaluate_rows, summarize, write_eval_outputs
+
+    env, rows = resolve_env_and_rows(env_name, split, data, tools, grader)
     rows = rows[:limit] if limit else rows
     t0 = time.perf_counter()
     sampler, cf = _build(model, chat_format)
-    with tqdm(total=len(rows) * samples, desc=f"eval {env_name}/{split}", unit="rollout", disable=quiet) as bar:
+    with tqdm(total=len(rows) * samples, desc=f"eval {env.name}", unit="rollout", disable=quiet) as bar:
         graded = evaluate_rows(rows, env, sampler, cf, rcfg, samples=samples, batch_size=batch_size, progress=bar.update)
     summary = summarize(graded, wall_s=time.perf_counter() - t0)
-    summary.update(model=model, env=env_name, split=split if not data else str(data), samples=samples)
+    summary.update(model=model, env=env.name, split=str(data) if data else split, samples=samples)
     write_eval_outputs(out, graded, summary)
     return summary
 
@@ -164,13 +188,17 @@ def print_summary_table(rows: dict[str, dict]) -> None:
 @click.option("--samples", type=int, default=1, show_default=True, help="Rollouts per task.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rollouts sampled together.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None, help="JSONL task file (OpenAI RFT format) instead of a built-in split.")
+@click.option("--tools", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="tools.yaml: HTTP tool endpoints (Agent RFT wire format) and MCP servers for --data tasks.")
+@click.option("--grader", type=click.Path(exists=True, dir_okay=False), default=None, help="Grader spec (OpenAI JSON) to score with.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Writes summary.json and trajectories.jsonl here.")
 def eval_cmd(model, env_name, split, temperature, top_p, max_turns, max_new_tokens, max_total_tokens, seed, chat_format,
-             limit, samples, batch_size, data, out):
-    """Roll out MODEL on an environment's tasks, grade, and summarise."""
+             limit, samples, batch_size, data, tools, grader, out):
+    """Roll out MODEL on an environment's tasks (or your --data with --tools and --grader), grade, and summarise."""
     try:
         rcfg = _rollout_config(temperature, top_p, max_turns, max_new_tokens, max_total_tokens, seed)
-        summary = run_eval(model, env_name, split, limit, samples, out, batch_size, rcfg, chat_format, data=data)
+        summary = run_eval(model, env_name, split, limit, samples, out, batch_size, rcfg, chat_format, data=data,
+                           tools=tools, grader=grader)
     except AgentRFTError as e:
         _fail(e)
     print_summary_table({"eval": summary})

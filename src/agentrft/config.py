@@ -176,6 +176,9 @@ class JobConfig(_Section):
     hyperparameters: Hyperparameters = Hyperparameters()
     grader: dict[str, Any] | str | None = None
     """Grader spec (OpenAI JSON, inline or a path); default: the environment's grader."""
+    tools: dict[str, Any] | str | None = None
+    """External tools (``endpoints``, ``mcp_servers``; inline or a tools.yaml path) for tasks from
+    ``data.train_file``/``data.eval_file``, instead of a built-in environment's tools."""
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "JobConfig":
@@ -187,6 +190,8 @@ class JobConfig(_Section):
             raise ValueError("rft.per_turn_rewards needs a token-level loss; GSPO uses one ratio per sequence")
         if self.rft.clip_eps_high < self.rft.clip_eps_low and self.rft.loss == LossName.DAPO:
             raise ValueError("rft.clip_eps_high must be >= rft.clip_eps_low for DAPO's clip-higher")
+        if self.tools is not None and not (self.data.train_file and self.grader is not None):
+            raise ValueError("'tools' (external tool servers) needs data.train_file and a grader spec")
         if self.method != Method.RFT and self.rft.beta > 0:
             raise ValueError("rft.beta is an RFT setting; it has no effect with method " + self.method.value)
         return self

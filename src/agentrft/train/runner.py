@@ -146,6 +146,10 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
         _init_from(policy, Path(cfg.init_from))
     train_rows = load_rows(env, cfg.data.train_split, cfg.data.train_file, cfg.data.limit_train)
     eval_rows = load_rows(env, cfg.data.eval_split, cfg.data.eval_file, cfg.data.limit_eval)[: cfg.training.eval_samples]
+    if cfg.tools is not None:  # tasks from files, tools on external servers
+        from agentrft.envs.external import external_env_spec, load_tools_config
+
+        env = external_env_spec(train_rows, load_tools_config(cfg.tools), grade)
 
     method = _methods()[cfg.method]
     sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id)
