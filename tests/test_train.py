@@ -169,8 +169,10 @@ def test_config_errors_name_the_key(tmp_path):
         load_config({"method": "ppo"})
     with pytest.raises(ConfigError, match="dpo.*needs"):
         load_config({"method": "dpo"})
-    with pytest.raises(ConfigError, match="per_turn_rewards"):
-        load_config({"method": "rft", "rft": {"per_turn_rewards": True, "loss": "gspo"}})
+    with pytest.raises(ConfigError, match="clip_eps_high"):
+        load_config({"method": "rft", "rft": {"loss": "dapo", "clip_eps_low": 0.3, "clip_eps_high": 0.2}})
+    with pytest.raises(ConfigError, match="tools"):
+        load_config({"method": "rft", "tools": {"endpoints": []}})
     bad = tmp_path / "bad.yaml"
     bad.write_text("method: [rft\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

@@ -103,8 +103,6 @@ class RFTConfig(_Section):
     """Optimizer passes over each sampled batch (old logprobs fixed at sampling time)."""
     filter_zero_variance: bool = True
     """Drop groups whose rewards are all equal (no learning signal); counted in metrics."""
-    per_turn_rewards: bool = False
-    gamma: float = Field(1.0, ge=0, le=1)
 
 
 class DPOConfig(_Section):
@@ -186,8 +184,6 @@ class JobConfig(_Section):
             raise ValueError("method 'dpo' needs data.pairs_file, or data.demonstrations and data.rejected_demonstrations")
         if self.method == Method.SFT and not (self.data.demonstrations or self.data.demonstrations_file):
             raise ValueError("method 'sft' needs data.demonstrations (an oracle policy name) or data.demonstrations_file")
-        if self.rft.per_turn_rewards and self.rft.loss == LossName.GSPO:
-            raise ValueError("rft.per_turn_rewards needs a token-level loss; GSPO uses one ratio per sequence")
         if self.rft.clip_eps_high < self.rft.clip_eps_low and self.rft.loss == LossName.DAPO:
             raise ValueError("rft.clip_eps_high must be >= rft.clip_eps_low for DAPO's clip-higher")
         if self.tools is not None and not (self.data.train_file and self.grader is not None):
