@@ -75,3 +75,38 @@ def test_batches_larger_than_max_batch_size_are_split(model):
     out = s.generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=4))
     whole = HFSampler(model, pad_token_id=0).generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=4))
     assert [c.token_ids for c in out] == [c.token_ids for c in whole]
+
+
+def _second_turn(sampler, params):
+    first = sampler.generate(PROMPTS, params)
+    return [p + c.token_ids + [20 + i, 21] for i, (p, c) in enumerate(zip(PROMPTS, first))]
+
+
+def test_prefix_cache_gives_the_same_tokens_as_full_prefill(model):
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    cached = HFSampler(model, pad_token_id=0)
+    turn2 = _second_turn(cached, params)
+    turn2[1] = [30, 31, 32]  # one row with no cached prefix at all
+    before = cached.stats["cached_tokens"]
+    out = cached.generate(turn2, params)
+    assert cached.stats["cached_tokens"] - before == sum(len(p) - 3 for i, p in enumerate(turn2) if i != 1)
+    fresh = HFSampler(model, pad_token_id=0, prefix_cache_tokens=0).generate(turn2, params)
+    assert [c.token_ids for c in out] == [c.token_ids for c in fresh]
+    for a, b in zip(out, fresh):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_prefix_cache_is_dropped_when_weights_change(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    s = HFSampler(m, pad_token_id=0)
+    turn2 = _second_turn(s, params)
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight.mul_(3.0)  # an in-place update, as optimizer.step() does
+    before = s.stats["cached_tokens"]
+    out = s.generate(turn2, params)
+    assert s.stats["cached_tokens"] == before  # nothing reused across the weight change
+    fresh = HFSampler(m, pad_token_id=0, prefix_cache_tokens=0).generate(turn2, params)
+    assert [c.token_ids for c in out] == [c.token_ids for c in fresh]

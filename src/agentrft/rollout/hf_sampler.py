@@ -13,14 +13,27 @@ before top-p truncation (top-p only restricts which tokens may be drawn). With
 ``softmax(logits)``. The trainer recomputes logprobs with the same temperature,
 so the PPO ratio starts at 1 up to numerical noise.
 
-Shapes: B = number of prompts, P = longest prompt, T = new tokens so far.
+Prefix cache: in a multi-turn rollout each turn's prompt is the previous
+prompt plus the sampled turn plus tool output, so re-running the whole prefix
+every turn costs most of the time. The sampler keeps each row's KV cache after
+generation, keyed by the exact token ids it covers, and the next call only
+prefills the new suffix. Rows are laid out as ``[pad | cached prefix | pad |
+new suffix]`` with an attention mask that has holes and explicit position
+ids, so one batched forward serves rows with different cached lengths. The
+cache is dropped whenever the weights change (parameter version counters),
+so a training step can never be sampled against stale keys and values.
+
+Shapes: B = number of prompts, P = longest prompt, T = new tokens so far,
+C = longest cached prefix, S = longest uncached suffix, H/D = KV heads/dim.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
 
 from agentrft.rollout.sampler import Completion, SamplingParams
 
@@ -28,17 +41,48 @@ from agentrft.rollout.sampler import Completion, SamplingParams
 class HFSampler:
     """Batched sampling from a local Hugging Face causal LM (CPU fp32 or GPU)."""
 
-    def __init__(self, model, pad_token_id: int, max_batch_size: int = 16, max_context: int | None = None):
+    def __init__(self, model, pad_token_id: int, max_batch_size: int = 16, max_context: int | None = None,
+                 prefix_cache_tokens: int = 65_536):
         self.model = model
         self.pad_token_id = int(pad_token_id)
         self.max_batch_size = max_batch_size
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 8192))
+        self.prefix_cache_tokens = prefix_cache_tokens
+        """Most tokens whose keys/values are kept between calls (0 disables the prefix cache)."""
+        self._cache: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self._cache_weights_version: int | None = None
+        self.stats = {"prefill_tokens": 0, "cached_tokens": 0}
+
+    def reset_cache(self) -> None:
+        self._cache.clear()
+
+    def _weights_version(self) -> int:
+        return sum(p._version for p in self.model.parameters())
+
+    def _lookup(self, prompt: Sequence[int]) -> tuple[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] | None:
+        """The longest cached entry that is a proper prefix of ``prompt`` (at least one token left to feed)."""
+        best = None
+        for key, kv in self._cache.items():
+            n = len(key)
+            if n < len(prompt) and (best is None or n > len(best[0])) and tuple(prompt[:n]) == key:
+                best = (key, kv)
+        return best
+
+    def _store(self, key: tuple[int, ...], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._cache[key] = kv
+        self._cache.move_to_end(key)
+        while self._cache and sum(len(k) for k in self._cache) > self.prefix_cache_tokens:
+            self._cache.popitem(last=False)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        version = self._weights_version()
+        if version != self._cache_weights_version:
+            self.reset_cache()
+            self._cache_weights_version = version
         out: list[Completion] = []
         gen = torch.Generator(device="cpu")
         if params.seed is not None:
@@ -60,15 +104,23 @@ class HFSampler:
         if P == 0:
             raise ValueError("empty prompt")
         max_new = max(0, min(params.max_new_tokens, self.max_context - P))
-        # Left padding so every row's next token sits at the last position.
-        input_ids = torch.full((B, P), self.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((B, P), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            if len(p):
-                input_ids[i, P - len(p) :] = torch.tensor(list(p), dtype=torch.long)
-                attn[i, P - len(p) :] = 1
+        hits = [self._lookup(p) if self.prefix_cache_tokens else None for p in prompts]
+        cached = [len(h[0]) if h else 0 for h in hits]
+        C = max(cached)
+        S = max(len(p) - c for p, c in zip(prompts, cached))
+        # [pad | cached prefix (right-aligned in C) | pad | suffix (right-aligned in S)]
+        input_ids = torch.full((B, S), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((B, C + S), dtype=torch.long)
+        for i, (p, c) in enumerate(zip(prompts, cached)):
+            suffix = list(p[c:])
+            input_ids[i, S - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+            attn[i, C - c : C] = 1
+            attn[i, C + S - len(suffix) :] = 1
         input_ids, attn = input_ids.to(device), attn.to(device)
-        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # [B, P]
+        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)[:, C:]  # [B, S]
+        past = self._assemble_cache(hits, C, device) if C else None
+        self.stats["cached_tokens"] += sum(cached)
+        self.stats["prefill_tokens"] += sum(len(p) - c for p, c in zip(prompts, cached))
 
         stop_ids = torch.tensor(list(params.stop_token_ids) or [-1], device=device)
         tokens: list[list[int]] = [[] for _ in range(B)]
@@ -76,7 +128,6 @@ class HFSampler:
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         stopped = [False] * B
 
-        past = None
         step_ids, step_pos = input_ids, position_ids
         for _ in range(max_new):
             outputs = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, past_key_values=past, use_cache=True)
@@ -99,7 +150,39 @@ class HFSampler:
             step_pos = step_pos[:, -1:] + 1
         if was_training:
             model.train()
+        if self.prefix_cache_tokens and past is not None:
+            self._keep(prompts, tokens, hits, past, attn)
         return [Completion(tokens[i], logps[i], "stop" if stopped[i] else "length") for i in range(B)]
+
+    def _assemble_cache(self, hits, C: int, device) -> DynamicCache:
+        """Left-pad each row's cached keys/values to C columns and stack them into one batch cache."""
+        n_layers = len(next(h for h in hits if h)[1])
+        cache = DynamicCache()
+        for layer in range(n_layers):
+            ref_k = next(h for h in hits if h)[1][layer][0]  # [H, c, D]
+            H, D = ref_k.shape[0], ref_k.shape[2]
+            ks = torch.zeros((len(hits), H, C, D), dtype=ref_k.dtype, device=device)
+            vs = torch.zeros_like(ks)
+            for i, h in enumerate(hits):
+                if h:
+                    k, v = h[1][layer]
+                    ks[i, :, C - k.shape[1] :] = k
+                    vs[i, :, C - v.shape[1] :] = v
+            cache.update(ks, vs, layer)
+        return cache
+
+    def _keep(self, prompts, tokens, hits, past, attn) -> None:
+        """Store each row's keys/values for the tokens it fed (prompt + all sampled but the last)."""
+        L = past.get_seq_length()
+        valid = attn[:, :L].bool()  # [B, L]
+        for i, (p, toks) in enumerate(zip(prompts, tokens)):
+            key = tuple(p) + tuple(toks[:-1])
+            if int(valid[i].sum()) != len(key) or not toks:
+                continue  # layout not as expected: do not cache rather than risk a wrong entry
+            kv = [(layer.keys[i][:, valid[i]].clone(), layer.values[i][:, valid[i]].clone()) for layer in past.layers]
+            if hits[i]:
+                self._cache.pop(hits[i][0], None)  # superseded by the longer entry
+            self._store(key, kv)
 
     @staticmethod
     def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
