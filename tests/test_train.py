@@ -187,3 +187,25 @@ def test_openai_hyperparameters_map_onto_native_fields():
     assert cfg.optim.learning_rate == pytest.approx(2e-4)
     assert cfg.training.eval_interval == 7 and cfg.training.eval_samples == 9
     assert cfg.rft.group_size == 8 and cfg.seed == 11
+
+
+def test_grader_error_rate_over_the_limit_stops_the_run(tmp_path, tiny_model):
+    import copy
+
+    from agentrft.train.rft import GraderFailure
+    from agentrft.train.runner import run_job
+
+    def broken_grader(traj, row):
+        raise KeyError("answer")
+
+    model, tok = tiny_model
+    cfg = load_config({**RFT_CONFIG, "model": "unused", "out_dir": str(tmp_path / "g"),
+                       "training": {**RFT_CONFIG["training"], "max_grader_error_rate": 0.25}})
+    with pytest.raises(GraderFailure, match=r"100% of grades carry grader errors.*KeyError: 'answer'"):
+        run_job(cfg, model=copy.deepcopy(model), tokenizer=tok, grade=broken_grader, log=lambda s: None)
+    store = RunStore(tmp_path / "g")
+    run = store.get_run()
+    assert run["status"] == "failed" and "grader errors" in run["message"]
+    # the failed grades are recorded with their flags, not silently scored
+    (t0, *_) = store.trajectories(step=1)
+    assert t0["grade"]["metadata"]["errors"]["other_error"] is True

@@ -49,6 +49,17 @@ def grade_safely(grade_fn: Callable[[Trajectory, TaskRow], Grade], traj: Traject
     return g
 
 
+def grade_all(grade_fn: Callable[[Trajectory, TaskRow], Grade], trajs: list[Trajectory], rows: list[TaskRow],
+              max_concurrency: int = 8) -> list[Grade]:
+    """Grade concurrently with a bound (graders may be subprocesses, HTTP endpoints or model judges)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if max_concurrency <= 1 or len(trajs) <= 1:
+        return [grade_safely(grade_fn, t, r) for t, r in zip(trajs, rows)]
+    with ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="agentrft-grade") as pool:
+        return list(pool.map(lambda tr: grade_safely(grade_fn, *tr), zip(trajs, rows)))
+
+
 def is_correct(grade: Grade, threshold: float) -> bool:
     """Accuracy convention: an explicit ``correct`` sub-reward if the grader gives one, else reward >= threshold."""
     if "correct" in grade.sub_rewards:
@@ -121,9 +132,9 @@ def evaluate_rows(
     for start in range(0, len(rows), tasks_per_batch):
         chunk = rows[start : start + tasks_per_batch]
         trajs = run_episodes(chunk, env.make_env, sampler, chat_format, config, samples_per_task=samples)
-        for i, traj in enumerate(trajs):
-            row = chunk[i // samples]
-            graded.append(GradedRollout(row, traj, grade_safely(grade, traj, row)))
+        rows_of = [chunk[i // samples] for i in range(len(trajs))]
+        for row, traj, g in zip(rows_of, trajs, grade_all(grade, trajs, rows_of)):
+            graded.append(GradedRollout(row, traj, g))
         if progress:
             progress(len(trajs))
     return graded

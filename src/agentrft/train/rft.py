@@ -19,13 +19,18 @@ from typing import Any
 
 import torch
 
+from agentrft.errors import AgentRFTError
 from agentrft.algo.advantages import AdvantageEstimator, compute_advantages
 from agentrft.algo.batch import collate_trajectories
 from agentrft.algo.logprobs import token_logprobs
 from agentrft.algo.losses import LossConfig, PolicyLoss, policy_loss
-from agentrft.evaluation import grade_safely, is_correct
+from agentrft.evaluation import grade_all, is_correct
 from agentrft.rollout.episode import RolloutConfig, run_episodes
 from agentrft.train.optim import optimizer_step
+
+
+class GraderFailure(AgentRFTError):
+    """Too many grades failed: training on them would optimise the grader's bugs."""
 
 
 class RFTMethod:
@@ -48,11 +53,17 @@ class RFTMethod:
         # 2. grade -----------------------------------------------------------
         t0 = time.perf_counter()
         rows = [batch[i // group] for i in range(len(trajs))]
-        grades = [grade_safely(ctx.grade, t, row) for t, row in zip(trajs, rows)]
+        grades = grade_all(ctx.grade, trajs, rows)
         grading_s = time.perf_counter() - t0
         ctx.store.log_trajectories(step, [
             {**t.to_dict(), "grade": g.to_dict(), "reward": g.reward} for t, g in zip(trajs, grades)
         ])
+        error_rate = sum(g.has_error for g in grades) / max(1, len(grades))
+        if error_rate > cfg.training.max_grader_error_rate:
+            raise GraderFailure(
+                f"step {step}: {error_rate:.0%} of grades carry grader errors (limit "
+                f"{cfg.training.max_grader_error_rate:.0%}); fix the grader before training on it -- "
+                f"first error: {next((m for g in grades for m in g.error_messages), 'see the trajectories in run.db')}")
 
         # 3. advantages (per group; infra failures excluded) ------------------
         groups: list[list[int]] = []

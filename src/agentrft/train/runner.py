@@ -228,7 +228,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
                 store.log_event("early_stop", f"validation reward plateaued for {patience} evals", step=step)
                 stopped_early = True
                 break
-    except TrainingStopped as e:
+    except AgentRFTError as e:  # stopped on purpose: bad steps, grader error budget, ...
         store.set_status("failed", str(e))
         raise
     except BaseException as e:
