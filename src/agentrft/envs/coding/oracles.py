@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from agentrft.envs.coding.env import CodingEnv
-from agentrft.envs.support.oracles import play as _play_script  # generic: plays any script on a given env
+from agentrft.rollout.scripted import play_script
 from agentrft.types import Message, TaskRow, ToolCall, Trajectory
 
 __all__ = ["ORACLES", "Policy", "do_nothing", "oracle", "oracle_conversation", "play"]
@@ -58,14 +58,9 @@ def play(row: TaskRow, policy: str | Policy = "oracle", env: CodingEnv | None = 
     Pass ``env`` to inspect its sandbox afterwards (the caller closes it);
     otherwise a fresh one is made and closed here.
     """
-    script = ORACLES[policy] if isinstance(policy, str) else policy
-    own = env is None
-    env = env if env is not None else CodingEnv()
-    try:
-        return _play_script(row, script, env=env)
-    finally:
-        if own:
-            env.close()
+    script = (ORACLES[policy] if isinstance(policy, str) else policy)(row)
+    own_env = env is None
+    return play_script(row, script, CodingEnv() if own_env else env, close=own_env)
 
 
 def oracle_conversation(row: TaskRow, policy: str | Policy = "oracle") -> list[Message]:

@@ -24,7 +24,7 @@ from agentrft.envs.finance.corpus import METRICS
 from agentrft.envs.finance.environment import SEARCH_TOP_K, FinanceEnvironment
 from agentrft.envs.finance.retrieval import default_index
 from agentrft.tools.environment import Environment
-from agentrft.tools.executor import ToolExecutor
+from agentrft.rollout.scripted import play_script
 from agentrft.types import Message, TaskRow, ToolCall
 
 __all__ = ["Policy", "answer_text", "efficient_oracle", "good_query", "oracle_conversation", "verbose_oracle"]
@@ -101,18 +101,4 @@ def oracle_conversation(row: TaskRow, policy: Policy, env: Environment | None = 
     :class:`FinanceEnvironment`; it is set up with ``row`` and closed.
     """
     env = env if env is not None else FinanceEnvironment()
-    messages: list[Message] = [dict(m) for m in row["messages"]]
-    env.setup(row)
-    try:
-        executor = ToolExecutor(env.tools(), item=row)
-        for turn, message in enumerate(policy(row), start=1):
-            messages.append(message)
-            calls = [ToolCall.from_openai(c) for c in message.get("tool_calls") or []]
-            if calls:
-                for record in executor.execute(calls, turn):
-                    messages.append(
-                        {"role": "tool", "tool_call_id": record.call.id, "name": record.call.name, "content": record.result or ""}
-                    )
-    finally:
-        env.close()
-    return messages
+    return play_script(row, policy(row), env).messages

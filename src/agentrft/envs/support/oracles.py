@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from agentrft.envs.support.env import SupportEnv
-from agentrft.rollout.episode import normalize_messages
-from agentrft.tools.executor import ToolExecutor, ToolLimits
-from agentrft.types import Message, StopReason, TaskRow, ToolCall, Trajectory
+from agentrft.rollout.scripted import play_script
+from agentrft.tools.executor import ToolLimits
+from agentrft.types import Message, TaskRow, ToolCall, Trajectory
 
 __all__ = ["ORACLES", "Policy", "do_nothing", "oracle", "oracle_conversation", "play"]
 
@@ -99,31 +99,7 @@ def play(row: TaskRow, policy: str | Policy = "oracle", env: SupportEnv | None =
     """
     script = ORACLES[policy](row) if isinstance(policy, str) else policy(row)
     own_env = env is None
-    env = env if env is not None else SupportEnv()
-    traj = Trajectory(task_id=str(row.get("id", "")), messages=normalize_messages(row.get("messages") or []))
-    try:
-        env.setup(row)
-        executor = ToolExecutor(env.tools(), limits, trace_id=traj.trace_id, item=row)
-        for turn, message in enumerate(script, start=1):
-            traj.messages.append(message)
-            traj.turns = turn
-            calls = [ToolCall.from_openai(c) for c in message.get("tool_calls") or []]
-            if not calls:
-                traj.stop_reason = StopReason.ANSWER
-                break
-            records = executor.execute(calls, turn)
-            traj.tool_calls.extend(records)
-            traj.messages.extend(
-                {"role": "tool", "tool_call_id": r.call.id, "name": r.call.name, "content": r.result or ""}
-                for r in records
-            )
-            if env.done:
-                traj.stop_reason = StopReason.ENV_DONE
-                break
-    finally:
-        if own_env:
-            env.close()
-    return traj
+    return play_script(row, script, SupportEnv() if own_env else env, close=own_env, limits=limits)
 
 
 def oracle_conversation(row: TaskRow, policy: str | Policy = "oracle") -> list[Message]:
