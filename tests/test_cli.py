@@ -107,3 +107,20 @@ def test_grader_variance_command_with_tiny_model(tmp_path, tiny_model_dir):
     zero = sum(1 for t in rep["per_task"] if len(set(t["rewards"])) == 1)
     assert rep["zero_variance_tasks"] == zero
     assert "zero-variance tasks" in res.output
+
+
+@pytest.mark.slow
+def test_quickstart_writes_every_stage(tmp_path, tiny_model_dir):
+    out = tmp_path / "qs"
+    res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--model", str(tiny_model_dir), "--test-tasks", "2",
+                                    "--sft-steps", "1", "--rft-steps", "1"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "quickstart.json").read_text())
+    assert result["test_tasks"] == 2 and result["wall_s"] > 0
+    for stage in ("baseline", "sft", "rft"):
+        s = result[stage]
+        assert {"accuracy", "reward_mean", "tool_calls_per_rollout", "tokens_mean", "wall_s", "accuracy_ci95"} <= set(s)
+        assert s["n_rollouts"] == 2
+        assert (out / stage / "summary.json").exists()
+    assert (out / "runs" / "sft" / "run.db").exists() and (out / "runs" / "rft" / "run.db").exists()
+    assert "95% CI" in res.output

@@ -149,7 +149,8 @@ class TrainingConfig(_Section):
     keep_best_k: int = Field(2, ge=1)
     checkpoint_interval: int = Field(5, ge=1)
     max_grader_error_rate: float = Field(0.5, ge=0, le=1)
-    """RFT stops with a clear message when a step's share of grades with grader errors exceeds this."""
+    """RFT stops with a clear message when a step's share of grades with grader faults exceeds this
+    (every OpenAI error flag except ``sample_parse_error``, which marks the model's output, not the grader)."""
     max_bad_steps: int = Field(3, ge=1)
     """Non-finite loss/gradient steps in a row before the run stops (last checkpoint intact)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"

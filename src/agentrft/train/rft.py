@@ -58,12 +58,14 @@ class RFTMethod:
         ctx.store.log_trajectories(step, [
             {**t.to_dict(), "grade": g.to_dict(), "reward": g.reward} for t, g in zip(trajs, grades)
         ])
-        error_rate = sum(g.has_error for g in grades) / max(1, len(grades))
+        # sample_parse_error is the model's failure (e.g. no number in its answer); the budget is for grader faults.
+        faults = [g for g in grades if any(v for k, v in g.errors.items() if k != "sample_parse_error")]
+        error_rate = len(faults) / max(1, len(grades))
         if error_rate > cfg.training.max_grader_error_rate:
             raise GraderFailure(
                 f"step {step}: {error_rate:.0%} of grades carry grader errors (limit "
                 f"{cfg.training.max_grader_error_rate:.0%}); fix the grader before training on it -- "
-                f"first error: {next((m for g in grades for m in g.error_messages), 'see the trajectories in run.db')}")
+                f"first error: {next((m for g in faults for m in g.error_messages), 'see the trajectories in run.db')}")
 
         # 3. advantages (per group; infra failures excluded) ------------------
         groups: list[list[int]] = []
