@@ -209,3 +209,13 @@ def test_grader_error_rate_over_the_limit_stops_the_run(tmp_path, tiny_model):
     # the failed grades are recorded with their flags, not silently scored
     (t0, *_) = store.trajectories(step=1)
     assert t0["grade"]["metadata"]["errors"]["other_error"] is True
+
+
+def test_example_configs_load():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        cfg = load_config(path)
+        assert cfg.method.value in ("sft", "dpo", "rft")
