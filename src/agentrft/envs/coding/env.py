@@ -152,7 +152,7 @@ def run_test_suite(sandbox: Sandbox, task: BugTask) -> TestRun:
             passed = min(max(int(summary["passed"]), 0), task.num_tests)
             finished = True
         except (ValueError, TypeError, KeyError):
-            pass
+            finished = False  # no valid summary line (e.g. the code under test exited early): reported below
     output = result.stdout.rstrip("\n")
     if not finished or result.exit_code != 0 or result.killed_reason:
         notes = [f"exit_code: {result.exit_code}"]
