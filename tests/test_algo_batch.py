@@ -126,3 +126,27 @@ def test_logprobs_from_logits_single_token_and_bad_temperature():
     assert lp.tolist() == [[0.0], [0.0]] and ent is None
     with pytest.raises(ValueError):
         logprobs_from_logits(torch.randn(1, 2, 7), torch.tensor([[1, 2]]), temperature=0.0)
+
+
+def test_needed_positions_fast_path_matches_full_path(tiny_llama):
+    """The LM head on the loss-mask rows only gives the full path's values there, and the same gradients."""
+    from agentrft.algo.logprobs import has_plain_head
+
+    assert has_plain_head(tiny_llama)
+    b = collate_trajectories([tool_trajectory(), short_trajectory()], [0.0, 0.0], pad_id=0)
+    ids, attn, mask = b.input_ids, b.attention_mask, b.loss_mask
+    assert 0 < mask.sum() < attn.sum()  # the test means something only if some positions are skipped
+    for temperature in (1.0, 0.7):
+        ref, ref_ent = naive_logprobs(tiny_llama, ids, attn, temperature)
+        lp, ent = token_logprobs_and_entropy(tiny_llama, ids, attn, temperature=temperature, chunk_size=2, needed=mask)
+        assert torch.allclose(lp, ref * mask, atol=1e-5) and torch.allclose(ent, ref_ent * mask, atol=1e-5)
+        assert lp[mask == 0].abs().sum() == 0
+
+    grads = []
+    for needed in (None, mask):
+        tiny_llama.zero_grad()
+        (token_logprobs(tiny_llama, ids, attn, needed=needed) * mask).sum().backward()
+        grads.append([p.grad.clone() for p in tiny_llama.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.allclose(a, c, atol=1e-5) for a, c in zip(*grads))
+    tiny_llama.zero_grad()

@@ -119,8 +119,36 @@ def test_quickstart_writes_every_stage(tmp_path, tiny_model_dir):
     assert result["test_tasks"] == 2 and result["wall_s"] > 0
     for stage in ("baseline", "sft", "rft"):
         s = result[stage]
-        assert {"accuracy", "reward_mean", "tool_calls_per_rollout", "tokens_mean", "wall_s", "accuracy_ci95"} <= set(s)
+        assert {"accuracy", "reward_mean", "tool_calls_per_rollout", "tokens_mean", "wall_s", "accuracy_ci95",
+                "tool_calls_ci95"} <= set(s)
         assert s["n_rollouts"] == 2
         assert (out / stage / "summary.json").exists()
     assert (out / "runs" / "sft" / "run.db").exists() and (out / "runs" / "rft" / "run.db").exists()
     assert "95% CI" in res.output
+    assert set(result["verdict"]) >= {"met", "accuracy_gain_points", "fewer_tool_calls_share"}
+
+
+def test_quickstart_verdict_follows_the_issue_targets():
+    from agentrft.quickstart import verdict
+
+    sft = {"accuracy": 0.30, "accuracy_ci95": [0.17, 0.47], "tool_calls_per_rollout": 5.0}
+    # 45 % fewer calls at the same accuracy: met through the tool-call target
+    v = verdict(sft, {"accuracy": 0.30, "accuracy_ci95": [0.17, 0.47], "tool_calls_per_rollout": 2.75})
+    assert v["met"] and v["met_tool_call_target"] and not v["met_accuracy_target"]
+    assert abs(v["fewer_tool_calls_share"] - 0.45) < 1e-9
+    # fewer calls, but accuracy fell below SFT's interval: not met
+    v = verdict(sft, {"accuracy": 0.10, "accuracy_ci95": [0.03, 0.25], "tool_calls_per_rollout": 2.0})
+    assert not v["met"] and not v["rft_accuracy_not_below_sft_interval"]
+    # +16 points: met through the accuracy target even with more calls
+    v = verdict(sft, {"accuracy": 0.46, "accuracy_ci95": [0.3, 0.6], "tool_calls_per_rollout": 6.0})
+    assert v["met"] and v["met_accuracy_target"] and abs(v["accuracy_gain_points"] - 16) < 1e-6
+    # 30 % fewer calls: not enough
+    assert not verdict(sft, {"accuracy": 0.3, "accuracy_ci95": [0.2, 0.4], "tool_calls_per_rollout": 3.5})["met"]
+
+
+def test_mean_interval():
+    from agentrft.evaluation import mean_interval
+
+    lo, hi = mean_interval([2.0, 2.0, 5.0, 5.0])
+    assert abs((lo + hi) / 2 - 3.5) < 1e-9 and abs((hi - lo) / 2 - 1.96 * (3**0.5) / 2) < 1e-9
+    assert mean_interval([]) == (0.0, 0.0) and mean_interval([4.0]) == (4.0, 4.0)

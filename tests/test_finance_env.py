@@ -20,6 +20,7 @@ from agentrft.envs.finance import (
     efficient_oracle,
     env_spec,
     load_split,
+    logged_oracle,
     oracle_conversation,
     verbose_oracle,
 )
@@ -266,7 +267,7 @@ def test_env_spec(validation):
     assert isinstance(a, FinanceEnvironment) and a is not b
     a.read(row["gold_doc_id"])
     assert b.reads == []  # per-rollout state is not shared
-    assert set(spec.oracles) == {"efficient", "verbose"}
+    assert set(spec.oracles) == {"efficient", "verbose", "logged"}
     conv = spec.oracles["efficient"](row)
     assert conv == oracle_conversation(row, efficient_oracle)
     assert spec.grade(Trajectory(task_id=row["id"], messages=conv), row).reward == 1.0
@@ -292,3 +293,17 @@ def test_scripted_rollout_through_the_episode_loop(tokenizer, validation):
         assert [m.get("content") for m in traj.messages if m["role"] == "tool"] == [m["content"] for m in expected if m["role"] == "tool"]
         grade = get_env("finance").grade(traj, row)
         assert grade.reward == 1.0 and grade.sub_rewards["correct"] == 1.0
+
+
+def test_logged_oracle_mixes_verbose_and_efficient_traces_deterministically():
+    train = load_split("train")
+    kinds = ["efficient" if logged_oracle(r) == efficient_oracle(r) else "verbose" for r in train]
+    assert all(k == "efficient" or logged_oracle(r) == verbose_oracle(r) for k, r in zip(kinds, train))
+    share = kinds.count("efficient") / len(kinds)
+    assert 0.18 < share < 0.32  # 1 in 4 by design
+    assert kinds == ["efficient" if logged_oracle(r) == efficient_oracle(r) else "verbose" for r in load_split("train")]
+    row = train[0]
+    assert logged_oracle(row, efficient_share=1.0) == efficient_oracle(row)
+    assert logged_oracle(row, efficient_share=0.0) == verbose_oracle(row)
+    with pytest.raises(ValueError, match="efficient_share"):
+        logged_oracle(row, efficient_share=1.5)

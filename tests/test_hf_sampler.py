@@ -110,3 +110,29 @@ def test_prefix_cache_is_dropped_when_weights_change(model):
     assert s.stats["cached_tokens"] == before  # nothing reused across the weight change
     fresh = HFSampler(m, pad_token_id=0, prefix_cache_tokens=0).generate(turn2, params)
     assert [c.token_ids for c in out] == [c.token_ids for c in fresh]
+
+
+def test_rows_with_a_common_prefix_prefill_it_once(model):
+    """A shared system prompt (and a group's identical prompts) is prefilled once; tokens do not change."""
+    system = list(range(40, 80))  # 40 shared tokens, above the 32-token threshold
+    prompts = [system + [3, 4], system + [5], system + [3, 4], system + [6, 7, 8]]
+    params = SamplingParams(temperature=0, max_new_tokens=5)
+    shared = HFSampler(model, pad_token_id=0)
+    out = shared.generate(prompts, params)
+    assert shared.stats["shared_prefix_tokens"] == 40
+    assert shared.stats["prefill_tokens"] == sum(len(p) - 40 for p in prompts)
+    plain = HFSampler(model, pad_token_id=0, prefix_cache_tokens=0)
+    ref = plain.generate(prompts, params)
+    assert plain.stats["prefill_tokens"] == sum(len(p) for p in prompts)
+    assert [c.token_ids for c in out] == [c.token_ids for c in ref]
+    for a, b in zip(out, ref):
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    # the next call of the same kind (new tasks, same system prompt) reuses it without prefilling it again
+    shared.generate([system + [9], system + [10, 11]], params)
+    assert shared.stats["shared_prefix_tokens"] == 40
+
+
+def test_short_common_prefixes_are_not_shared(model):
+    s = HFSampler(model, pad_token_id=0)
+    s.generate([[5, 6, 7, 8], [5, 6, 9]], SamplingParams(temperature=0, max_new_tokens=2))
+    assert s.stats["shared_prefix_tokens"] == 0

@@ -90,6 +90,7 @@ def summarize(graded: list[GradedRollout], wall_s: float, accuracy_threshold: fl
         "accuracy": acc,
         "accuracy_ci95": [lo, hi],
         "tool_calls_per_rollout": calls / n if n else 0.0,
+        "tool_calls_ci95": list(mean_interval([float(len(g.trajectory.tool_calls)) for g in ok])),
         "tool_call_rate": mean(1.0 if g.trajectory.tool_calls else 0.0 for g in ok),
         "tool_error_rate": errors / calls if calls else 0.0,
         "tokens_mean": mean(g.trajectory.num_tokens for g in ok),
@@ -102,6 +103,17 @@ def summarize(graded: list[GradedRollout], wall_s: float, accuracy_threshold: fl
         "wall_s": wall_s,
         "seconds_per_rollout": wall_s / len(graded) if graded else 0.0,
     }
+
+
+def mean_interval(xs: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Normal-approximation 95 % interval of the mean of ``xs`` (``mean ± z·s/√n``)."""
+    if not xs:
+        return (0.0, 0.0)
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return (m, m)
+    half = z * statistics.stdev(xs) / math.sqrt(len(xs))
+    return (m - half, m + half)
 
 
 def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:

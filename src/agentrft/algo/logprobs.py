@@ -28,6 +28,18 @@ Entropy ``H_t = logsumexp(z) - sum_v softmax(z)_v z_v`` of the next-token
 distribution is a diagnostic (collapse detector), computed without gradient.
 
 Works with any HF causal LM: ``model(input_ids=..., attention_mask=...).logits``.
+
+Only the positions a loss reads (``needed``): a trainer uses the logprobs of
+sampled tokens only, typically 10-20 % of an agent trajectory (the rest is
+prompt and tool output). Given ``needed [B, T]``, the decoder's hidden states
+are computed as usual but the LM head (``V x H``, the largest matmul of a small
+model) and the softmax run only on the needed rows: measured on the bundled
+135M model with LoRA, a forward+backward over 4 x 900 tokens of which 10 %
+are trained drops from 25 s to 15 s on 2 CPU cores. The shortcut needs a
+model whose logits are exactly ``lm_head(decoder(x))`` (no soft-capping or
+logit scaling), so it is used for the architectures in
+:data:`PLAIN_HEAD_MODEL_TYPES` and everything else takes the full path;
+both give the same numbers (tested).
 """
 
 from __future__ import annotations
@@ -36,6 +48,9 @@ import torch
 from torch import Tensor
 
 DEFAULT_CHUNK_SIZE = 512
+
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo2", "smollm3"})
+"""Architectures whose logits are ``lm_head(last_hidden_state)`` with nothing applied after the head."""
 
 
 def logprobs_from_logits(
@@ -83,13 +98,17 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    needed: Tensor | None = None,
 ) -> Tensor:
     """``log p(input_ids[:, t] | input_ids[:, :t])`` under ``model``; 0 at t=0 and on padding.
 
     input_ids: [B, T], attention_mask: [B, T] -> [B, T] float32
+    needed: optional [B, T] bool/0-1 mask of the positions the caller reads (the
+    loss mask); the others may be returned as 0 (they are, on the fast path).
     """
     logprobs, _ = token_logprobs_and_entropy(
-        model, input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, with_entropy=False
+        model, input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, with_entropy=False,
+        needed=needed,
     )
     return logprobs
 
@@ -102,15 +121,61 @@ def token_logprobs_and_entropy(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = True,
+    needed: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Like :func:`token_logprobs`, plus the (detached) entropy of each position's predictive distribution.
 
     input_ids: [B, T], attention_mask: [B, T] -> (logprobs [B, T], entropy [B, T] or None)
     ``entropy[:, t]`` is the entropy of the distribution that ``input_ids[:, t]`` was drawn from.
     """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if needed is not None and has_plain_head(model):
+        return _selected_logprobs(model, input_ids, attention_mask, needed.bool() & attention_mask.bool(),
+                                  temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, V]
     logprobs, entropy = logprobs_from_logits(
         logits, input_ids, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
     )
     keep = attention_mask.to(logprobs.dtype)  # [B, T]; padding positions -> 0
     return logprobs * keep, (entropy * keep if entropy is not None else None)
+
+
+def has_plain_head(model: torch.nn.Module) -> bool:
+    """True when ``model``'s logits are exactly its output embedding applied to its decoder's last hidden state."""
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) in PLAIN_HEAD_MODEL_TYPES
+            and callable(getattr(model, "get_decoder", None)) and callable(getattr(model, "get_output_embeddings", None)))
+
+
+def _selected_logprobs(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, needed: Tensor, *,
+    temperature: float, chunk_size: int, with_entropy: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """The fast path of :func:`token_logprobs_and_entropy`: the LM head only on the ``needed`` [B, T] positions."""
+    b, t = input_ids.shape
+    needed = needed.clone()
+    needed[:, 0] = False  # nothing predicts the first token
+    rows, cols = needed.nonzero(as_tuple=True)  # [N], [N]
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    head = model.get_output_embeddings()
+    picked_hidden = hidden[rows, cols - 1]  # [N, H]: position t-1 predicts token t
+    targets = input_ids[rows, cols]  # [N]
+    values: list[Tensor] = []
+    ent_values: list[Tensor] = []
+    for s in range(0, rows.numel(), chunk_size):
+        z = head(picked_hidden[s : s + chunk_size]).float()  # [c, V]
+        if temperature != 1.0:
+            z = z / temperature
+        lse = torch.logsumexp(z, dim=-1)  # [c]
+        values.append(z.gather(-1, targets[s : s + chunk_size, None]).squeeze(-1) - lse)
+        if with_entropy:
+            with torch.no_grad():
+                ent_values.append(lse - (torch.softmax(z, dim=-1) * z).sum(dim=-1))
+    flat = torch.cat(values) if values else hidden.new_zeros((0,), dtype=torch.float32)
+    logprobs = hidden.new_zeros((b, t), dtype=torch.float32).index_put((rows, cols), flat)  # [B, T], keeps the graph
+    entropy = None
+    if with_entropy:
+        flat_ent = torch.cat(ent_values) if ent_values else hidden.new_zeros((0,), dtype=torch.float32)
+        entropy = hidden.new_zeros((b, t), dtype=torch.float32).index_put((rows, cols), flat_ent)
+    return logprobs, entropy

@@ -23,7 +23,7 @@ from agentrft.train.sft import demonstrations_for
 
 
 def _sequence_logps(model, b) -> torch.Tensor:
-    logp = token_logprobs(model, b.input_ids, b.attention_mask)  # [B, T]
+    logp = token_logprobs(model, b.input_ids, b.attention_mask, needed=b.loss_mask)  # [B, T]
     return (logp * b.loss_mask).sum(dim=-1)  # [B]
 
 

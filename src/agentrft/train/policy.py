@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from agentrft.config import JobConfig
+from agentrft.errors import ConfigError
 from agentrft.models.chat_format import get_chat_format
 from agentrft.models.loading import load_model
 
@@ -64,7 +65,15 @@ def build_policy(cfg: JobConfig, model=None, tokenizer=None) -> Policy:
     if is_lora:
         from peft import LoraConfig, get_peft_model
 
+        layers = None
+        if cfg.lora.top_layers is not None:
+            depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+            if not 1 <= cfg.lora.top_layers <= depth:
+                raise ConfigError(f"lora.top_layers: {cfg.lora.top_layers} is not between 1 and the model's "
+                                  f"{depth} decoder layers")
+            layers = list(range(depth - cfg.lora.top_layers, depth))
         lcfg = LoraConfig(
+            layers_to_transform=layers,
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,

@@ -132,11 +132,13 @@ class RFTMethod:
                 part = trajs[s : s + mb]
                 b = collate_trajectories(part, advantages[s : s + mb], pad_id=policy.pad_token_id).to(policy.device)
                 policy.model.train()
-                logp = token_logprobs(policy.model, b.input_ids, b.attention_mask, temperature=temperature)
+                logp = token_logprobs(policy.model, b.input_ids, b.attention_mask, temperature=temperature,
+                                      needed=b.loss_mask)
                 ref = None
                 if cfg.rft.beta > 0:
                     with torch.no_grad(), policy.reference() as ref_model:
-                        ref = token_logprobs(ref_model, b.input_ids, b.attention_mask, temperature=temperature)
+                        ref = token_logprobs(ref_model, b.input_ids, b.attention_mask, temperature=temperature,
+                                             needed=b.loss_mask)
                 out = policy_loss(logp, b.old_logprobs, b.advantages, b.loss_mask, loss_cfg, ref_logprobs=ref)
                 # Weight micro-batches so the step's loss equals one big batch's.
                 weight = float(b.loss_mask.sum()) / max(1, n_tok) if loss_cfg.aggregation == "token_mean" else len(part) / n_seq

@@ -63,7 +63,7 @@ class SFTMethod:
         for s in range(0, len(batch), mb):
             part = batch[s : s + mb]
             b = collate_trajectories(part, [0.0] * len(part), pad_id=policy.pad_token_id).to(policy.device)
-            logp = token_logprobs(policy.model, b.input_ids, b.attention_mask)
+            logp = token_logprobs(policy.model, b.input_ids, b.attention_mask, needed=b.loss_mask)
             loss = sft_loss(logp, b.loss_mask) * (float(b.loss_mask.sum()) / max(1, n_tok))
             if not torch.isfinite(loss):
                 nonfinite = True

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from agentrft.envs.finance.corpus import FISCAL_YEARS, METRICS, Corpus, Document, build_corpus, default_corpus
 from agentrft.envs.finance.environment import SEARCH_TOP_K, FinanceEnvironment
-from agentrft.envs.finance.oracles import efficient_oracle, oracle_conversation, verbose_oracle
+from agentrft.envs.finance.oracles import efficient_oracle, logged_oracle, oracle_conversation, verbose_oracle
 from agentrft.envs.finance.tasks import SPLITS, SYSTEM_PROMPT, load_split
 from agentrft.envs.registry import EnvSpec
 from agentrft.graders.numeric import grade_numeric
@@ -39,6 +39,7 @@ __all__ = [
     "efficient_oracle",
     "env_spec",
     "load_split",
+    "logged_oracle",
     "oracle_conversation",
     "verbose_oracle",
 ]
@@ -52,12 +53,17 @@ def _verbose_demonstration(row: TaskRow) -> list[Message]:
     return oracle_conversation(row, verbose_oracle)
 
 
+def _logged_demonstration(row: TaskRow) -> list[Message]:
+    return oracle_conversation(row, logged_oracle)
+
+
 def env_spec() -> EnvSpec:
     """The registry entry (``agentrft.envs.registry.get_env("finance")``).
 
     Its ``oracles`` return complete executed conversations (prompt, assistant
     turns, tool results, answer) -- what SFT/DPO turn into demonstrations; the
-    bare assistant turns are :func:`efficient_oracle` / :func:`verbose_oracle`.
+    bare assistant turns are :func:`efficient_oracle` / :func:`verbose_oracle` /
+    :func:`logged_oracle` (mostly verbose, a quarter efficient).
     """
     return EnvSpec(
         name="finance",
@@ -67,5 +73,6 @@ def env_spec() -> EnvSpec:
         load_split=load_split,
         make_env=lambda row: FinanceEnvironment(),
         grade=grade_numeric,
-        oracles={"efficient": _efficient_demonstration, "verbose": _verbose_demonstration},
+        oracles={"efficient": _efficient_demonstration, "verbose": _verbose_demonstration,
+                 "logged": _logged_demonstration},
     )

@@ -14,10 +14,16 @@ is an SFT demonstration; two policies on the same row are a preference pair.
   an estimate, a look-alike company's filing), a second search, another
   distractor, then the gold report and the answer: 6 turns, 5 tool calls. Same
   answer, more cost: what operational graders and DPO should learn to avoid.
+* :func:`logged_oracle` -- what a production agent's logs look like: mostly
+  verbose traces, some efficient ones (a seeded, per-task choice, 1 in 4
+  efficient by default). SFT imitates the mix and, decoding greedily, its
+  majority habit; RFT with a cost-aware reward has both behaviours in its
+  samples and learns which one pays (the quickstart's path).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 from agentrft.envs.finance.corpus import METRICS
@@ -27,7 +33,10 @@ from agentrft.tools.environment import Environment
 from agentrft.rollout.scripted import play_script
 from agentrft.types import Message, TaskRow, ToolCall
 
-__all__ = ["Policy", "answer_text", "efficient_oracle", "good_query", "oracle_conversation", "verbose_oracle"]
+__all__ = ["Policy", "answer_text", "efficient_oracle", "good_query", "logged_oracle", "oracle_conversation",
+           "verbose_oracle"]
+
+LOGGED_EFFICIENT_SHARE = 0.25
 
 Policy = Callable[[TaskRow], list[Message]]
 
@@ -90,6 +99,19 @@ def verbose_oracle(row: TaskRow) -> list[Message]:
             script.call("read", doc_id=pick)
     script.call("read", doc_id=gold)
     return script.answer(answer_text(row))
+
+
+def logged_oracle(row: TaskRow, efficient_share: float = LOGGED_EFFICIENT_SHARE) -> list[Message]:
+    """The efficient oracle for a seeded ``efficient_share`` of tasks, the verbose one for the rest.
+
+    The choice is a pure function of the row id (a stable hash, not Python's
+    salted ``hash``), so every process and every rerun picks the same way.
+    """
+    if not 0.0 <= efficient_share <= 1.0:
+        raise ValueError(f"efficient_share must be in [0, 1], got {efficient_share}")
+    digest = hashlib.sha256(str(row.get("id", "")).encode()).digest()
+    draw = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    return efficient_oracle(row) if draw < efficient_share else verbose_oracle(row)
 
 
 def oracle_conversation(row: TaskRow, policy: Policy, env: Environment | None = None) -> list[Message]:

@@ -1,0 +1,313 @@
+"""GRPO step throughput: agentrft's RFT against TRL's GRPOTrainer on one identical job, one script.
+
+The job (issue 4): the bundled SmolLM2-135M, 64 rows "What is A+B? Answer with
+just the number." (random two-digit A and B, seeded), reward 1 if the right
+number appears in the answer, else 0.2 if any number does, else 0; group 4,
+16 completions per step (4 prompts x 4), at most 64 new tokens at temperature
+1, full fine-tuning in float32 on the CPU, beta = 0 (no reference model),
+learning rate 1e-5 with a constant schedule, PPO-clip eps 0.2 with token-mean
+loss aggregation (TRL's ``dapo`` loss type), 5 optimizer steps, the same seed.
+
+Each framework runs in its own child process (``--worker trl|agentrft``), so
+peak RSS is that framework's alone and neither warms caches for the other;
+the parent alternates them ``--repeats`` times and reports medians:
+
+* seconds per step (median over all steps of all repeats; TRL's step is timed
+  by a trainer callback, ours is the runner's ``step_time_s``: both include
+  generation, reward and the update),
+* the ratio TRL / agentrft (> 1: agentrft is faster),
+* peak RSS of each child (``ru_maxrss``),
+* generated tokens per second of step time, and per second of generation
+  (TRL's ``model.generate`` is timed by wrapping it),
+* agentrft's training FLOP/s (6 x parameters x tokens through the model for
+  the decoder, 6 x head parameters x trained positions for the LM head) as a
+  fraction of the fp32 matmul peak measured in the same process (a 2048^3
+  ``torch.mm``, best of 5).
+
+    .venv/bin/pip install -e '.[bench]'      # TRL is a bench-only extra
+    .venv/bin/python bench/grpo_vs_trl.py --json bench/results/grpo_vs_trl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SYSTEM = "You are a helpful assistant."
+QUESTION = "What is {a}+{b}? Answer with just the number."
+ROWS = 64
+GROUP = 4
+COMPLETIONS_PER_STEP = 16
+MAX_NEW_TOKENS = 64
+STEPS = 5
+LR = 1e-5
+SEED = 0
+
+_NUMBER = re.compile(r"-?\d+")
+
+
+def make_rows(n: int = ROWS, seed: int = SEED) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        rows.append({"id": f"add-{i}", "answer": str(a + b),
+                     "messages": [{"role": "system", "content": SYSTEM},
+                                  {"role": "user", "content": QUESTION.format(a=a, b=b)}]})
+    return rows
+
+
+def addition_reward(text: str, answer: str) -> float:
+    """1 if the right number appears, 0.2 if some number does, else 0."""
+    numbers = _NUMBER.findall(text)
+    if answer in numbers:
+        return 1.0
+    return 0.2 if numbers else 0.0
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` fp32 FLOP/s of an n x n x n ``torch.mm`` on this process's threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# -- agentrft ------------------------------------------------------------------------
+
+
+def env_spec():
+    """The addition task as an agentrft environment (no tools: single-turn rollouts)."""
+    from agentrft.envs.registry import EnvSpec
+    from agentrft.tools.environment import Environment
+    from agentrft.types import Grade
+
+    rows = make_rows()
+
+    def grade(traj, row) -> Grade:
+        r = addition_reward(traj.output_text, row["answer"])
+        return Grade(reward=r, sub_rewards={"addition": r})
+
+    return EnvSpec(name="addition", description="What is A+B? (benchmark)", splits=("train", "validation"),
+                   load_split=lambda split: [dict(r) for r in rows], make_env=lambda row: Environment(), grade=grade)
+
+
+def run_agentrft(out: Path) -> dict:
+    import torch
+
+    from agentrft.config import load_config
+    from agentrft.jobs.store import RunStore
+    from agentrft.train.runner import run_job
+
+    torch.manual_seed(SEED)
+    cfg = load_config({
+        "method": "rft", "model": "smollm2-135m", "seed": SEED, "out_dir": str(out / "run"),
+        "data": {"env": "grpo_vs_trl:env_spec", "limit_eval": GROUP},
+        "lora": {"enabled": False},
+        "training": {"max_steps": STEPS, "batch_size": COMPLETIONS_PER_STEP // GROUP, "eval_interval": 10_000,
+                     "eval_samples": GROUP, "checkpoint_interval": 10_000, "keep_best_k": 1},
+        "rft": {"group_size": GROUP, "advantage": "grpo", "loss": "ppo_clip", "aggregation": "token_mean",
+                "beta": 0.0, "clip_eps_low": 0.2, "clip_eps_high": 0.2,
+                "filter_zero_variance": False},  # TRL trains zero-advantage groups too: same work
+        "optim": {"learning_rate": LR, "micro_batch_size": COMPLETIONS_PER_STEP, "warmup_steps": 0},
+        "rollout": {"max_turns": 1, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0,
+                    "max_total_tokens": 512},
+    })
+    t0 = time.perf_counter()
+    result = run_job(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    wall = time.perf_counter() - t0
+    frame = RunStore(result.run_dir).metrics_frame("train")
+    steps = [frame[k] for k in sorted(frame)]
+    model = result.policy.model
+    n_params = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings().weight.numel()
+    flops = []
+    for m in steps:
+        seqs = m["trained_rollouts"]
+        body_tokens = seqs * m["tokens_mean"]
+        head_tokens = seqs * m["sampled_tokens_mean"]
+        flops.append(6 * (n_params - head) * body_tokens + 6 * head * head_tokens)
+    peak = matmul_peak_flops()
+    train_flops = sum(flops) / sum(m["training_s"] for m in steps)
+    gen_tokens = [m["sampled_tokens_mean"] * COMPLETIONS_PER_STEP for m in steps]
+    return {
+        "step_s": [m["step_time_s"] for m in steps],
+        "sampling_s": [m["sampling_s"] for m in steps],
+        "training_s": [m["training_s"] for m in steps],
+        "generated_tokens": gen_tokens,
+        "generated_tokens_per_step_s": sum(gen_tokens) / sum(m["step_time_s"] for m in steps),
+        "generated_tokens_per_generation_s": sum(gen_tokens) / sum(m["sampling_s"] for m in steps),
+        "reward_mean": [m["reward_mean"] for m in steps],
+        "train_flops_per_s": train_flops,
+        "matmul_peak_flops_per_s": peak,
+        "train_fraction_of_peak": train_flops / peak,
+        "params": n_params,
+        "wall_s": wall,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# -- TRL -------------------------------------------------------------------------------
+
+
+def run_trl(out: Path) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from agentrft.models.loading import load_model
+
+    torch.manual_seed(SEED)
+    model, tokenizer = load_model("smollm2-135m")
+    rows = make_rows()
+    data = Dataset.from_list([{"prompt": r["messages"], "answer": r["answer"]} for r in rows])
+
+    def reward(completions, answer, **_) -> list[float]:
+        return [addition_reward(c[0]["content"] if isinstance(c, list) else c, a) for c, a in zip(completions, answer)]
+
+    gen_time = [0.0]
+    generate = model.generate
+
+    def timed_generate(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            gen_time[0] += time.perf_counter() - t0
+
+    model.generate = timed_generate
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.t0 = 0.0
+            self.steps: list[float] = []
+            self.gen: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kw):
+            gen_time[0] = 0.0
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.steps.append(time.perf_counter() - self.t0)
+            self.gen.append(gen_time[0])
+
+    timer = StepTimer()
+    args = GRPOConfig(
+        output_dir=str(out / "trl"), use_cpu=True, bf16=False, fp16=False, seed=SEED, data_seed=SEED,
+        per_device_train_batch_size=COMPLETIONS_PER_STEP, gradient_accumulation_steps=1, num_generations=GROUP,
+        max_completion_length=MAX_NEW_TOKENS, temperature=1.0, top_p=1.0, max_steps=STEPS, learning_rate=LR,
+        lr_scheduler_type="constant", warmup_steps=0, beta=0.0, epsilon=0.2, loss_type="dapo", num_iterations=1,
+        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
+                          processing_class=tokenizer, callbacks=[timer])
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
+    gen_tokens = [h["completions/mean_length"] * COMPLETIONS_PER_STEP for h in logs]
+    return {
+        "step_s": timer.steps,
+        "generation_s": timer.gen,
+        "generated_tokens": gen_tokens,
+        "generated_tokens_per_step_s": sum(gen_tokens) / sum(timer.steps),
+        "generated_tokens_per_generation_s": sum(gen_tokens) / sum(timer.gen) if sum(timer.gen) > 0 else None,
+        "reward_mean": [h.get("reward") for h in logs],
+        "wall_s": wall,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# -- parent ---------------------------------------------------------------------------
+
+
+def run_worker(name: str) -> dict:
+    """Run one framework in a fresh child process and return its JSON report."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+        report = Path(tmp) / "report.json"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--report", str(report)], env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"the {name} worker failed with exit code {proc.returncode}")
+        return json.loads(report.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", dest="json_out", default=None, help="write the report here")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each framework, alternated")
+    ap.add_argument("--worker", choices=("trl", "agentrft"), help=argparse.SUPPRESS)
+    ap.add_argument("--report", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        with tempfile.TemporaryDirectory(prefix="bench-out-") as tmp:
+            result = (run_trl if args.worker == "trl" else run_agentrft)(Path(tmp))
+        Path(args.report).write_text(json.dumps(result))
+        return
+
+    import torch
+    import trl
+
+    runs: dict[str, list[dict]] = {"trl": [], "agentrft": []}
+    for i in range(args.repeats):
+        for name in ("trl", "agentrft") if i % 2 == 0 else ("agentrft", "trl"):
+            print(f"[bench] repeat {i + 1}/{args.repeats}: {name}", file=sys.stderr, flush=True)
+            runs[name].append(run_worker(name))
+
+    def median_of(name: str, key: str) -> float:
+        return statistics.median(v for r in runs[name] for v in (r[key] if isinstance(r[key], list) else [r[key]]))
+
+    ours, theirs = median_of("agentrft", "step_s"), median_of("trl", "step_s")
+    summary = {
+        "job": {"model": "smollm2-135m", "rows": ROWS, "group": GROUP, "completions_per_step": COMPLETIONS_PER_STEP,
+                "max_new_tokens": MAX_NEW_TOKENS, "steps": STEPS, "lr": LR, "beta": 0.0, "dtype": "float32",
+                "full_fine_tuning": True, "device": "cpu", "torch_threads": torch.get_num_threads(),
+                "repeats": args.repeats},
+        "versions": {"torch": torch.__version__, "trl": trl.__version__},
+        "agentrft_step_s_median": ours,
+        "trl_step_s_median": theirs,
+        "speedup_vs_trl": theirs / ours,
+        "agentrft_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["agentrft"]),
+        "trl_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["trl"]),
+        "agentrft_generated_tokens_per_s": median_of("agentrft", "generated_tokens_per_step_s"),
+        "trl_generated_tokens_per_s": median_of("trl", "generated_tokens_per_step_s"),
+        "agentrft_sampling_tokens_per_s": median_of("agentrft", "generated_tokens_per_generation_s"),
+        "trl_generation_tokens_per_s": (median_of("trl", "generated_tokens_per_generation_s")
+                                        if all(r["generated_tokens_per_generation_s"] for r in runs["trl"]) else None),
+        "agentrft_sampling_s_median": median_of("agentrft", "sampling_s"),
+        "agentrft_training_s_median": median_of("agentrft", "training_s"),
+        "trl_generation_s_median": median_of("trl", "generation_s"),
+        "agentrft_train_fraction_of_matmul_peak": median_of("agentrft", "train_fraction_of_peak"),
+        "matmul_peak_gflops": median_of("agentrft", "matmul_peak_flops_per_s") / 1e9,
+        "runs": runs,
+    }
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
