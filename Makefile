@@ -46,5 +46,11 @@ quickstart: setup
 test: setup
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
+# Benchmarks (minutes each; results land in bench/results/). TRL is a bench-only extra.
+bench: setup
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/grpo_vs_trl.py --json bench/results/grpo_vs_trl.json
+	$(PY) bench/prefix_cache.py --json bench/results/prefix_cache.json
+
 clean:
 	rm -rf $(VENV) $(QUICKSTART_OUT) .pytest_cache

@@ -16,7 +16,8 @@ the parent alternates them ``--repeats`` times and reports medians:
   by a trainer callback, ours is the runner's ``step_time_s``: both include
   generation, reward and the update),
 * the ratio TRL / agentrft (> 1: agentrft is faster),
-* peak RSS of each child (``ru_maxrss``),
+* peak RSS of each child (``ru_maxrss``), overall and over steps 1-4 (our
+  runner writes a checkpoint after the last step; TRL here saves none),
 * generated tokens per second of step time, and per second of generation
   (TRL's ``model.generate`` is timed by wrapping it),
 * agentrft's training FLOP/s (6 x parameters x tokens through the model for
@@ -112,29 +113,41 @@ def env_spec():
                    load_split=lambda split: [dict(r) for r in rows], make_env=lambda row: Environment(), grade=grade)
 
 
-def run_agentrft(out: Path) -> dict:
-    import torch
-
+def agentrft_config(out: Path, model: str = "smollm2-135m"):
+    """The job above as an agentrft RFT config (full fine-tuning, no validation evals)."""
     from agentrft.config import load_config
-    from agentrft.jobs.store import RunStore
-    from agentrft.train.runner import run_job
 
-    torch.manual_seed(SEED)
-    cfg = load_config({
-        "method": "rft", "model": "smollm2-135m", "seed": SEED, "out_dir": str(out / "run"),
-        "data": {"env": "grpo_vs_trl:env_spec", "limit_eval": GROUP},
+    return load_config({
+        "method": "rft", "model": model, "seed": SEED, "out_dir": str(out / "run"),
+        "data": {"env": "grpo_vs_trl:env_spec"},
         "lora": {"enabled": False},
-        "training": {"max_steps": STEPS, "batch_size": COMPLETIONS_PER_STEP // GROUP, "eval_interval": 10_000,
-                     "eval_samples": GROUP, "checkpoint_interval": 10_000, "keep_best_k": 1},
+        "training": {"max_steps": STEPS, "batch_size": COMPLETIONS_PER_STEP // GROUP, "eval_samples": 0,
+                     "checkpoint_interval": 10_000, "keep_best_k": 1},
         "rft": {"group_size": GROUP, "advantage": "grpo", "loss": "ppo_clip", "aggregation": "token_mean",
                 "beta": 0.0, "clip_eps_low": 0.2, "clip_eps_high": 0.2,
                 "filter_zero_variance": False},  # TRL trains zero-advantage groups too: same work
         "optim": {"learning_rate": LR, "micro_batch_size": COMPLETIONS_PER_STEP, "warmup_steps": 0},
-        "rollout": {"max_turns": 1, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0,
-                    "max_total_tokens": 512},
+        "rollout": {"max_turns": 1, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "max_total_tokens": 512},
     })
+
+
+def run_agentrft(out: Path) -> dict:
+    import torch
+
+    from agentrft.jobs.store import RunStore
+    from agentrft.train.runner import run_job
+
+    torch.manual_seed(SEED)
+    cfg = agentrft_config(out)
     t0 = time.perf_counter()
-    result = run_job(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    rss_after_step: list[float] = []
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        if line.startswith("step "):
+            rss_after_step.append(peak_rss_mb())
+
+    result = run_job(cfg, log=log)
     wall = time.perf_counter() - t0
     frame = RunStore(result.run_dir).metrics_frame("train")
     steps = [frame[k] for k in sorted(frame)]
@@ -164,6 +177,8 @@ def run_agentrft(out: Path) -> dict:
         "params": n_params,
         "wall_s": wall,
         "peak_rss_mb": peak_rss_mb(),
+        # the runner writes a checkpoint after the last step (TRL here saves none): compare steps 1..N-1 too
+        "peak_rss_mb_before_last_step": rss_after_step[-2] if len(rss_after_step) >= 2 else None,
     }
 
 
@@ -179,9 +194,14 @@ def run_trl(out: Path) -> dict:
     from agentrft.models.loading import load_model
 
     torch.manual_seed(SEED)
+    from agentrft.models.chat_format import get_chat_format
+
     model, tokenizer = load_model("smollm2-135m")
     rows = make_rows()
-    data = Dataset.from_list([{"prompt": r["messages"], "answer": r["answer"]} for r in rows])
+    # The same prompt text agentrft samples from (its chat format, no tools), so both see identical tokens.
+    chat = get_chat_format(tokenizer)
+    data = Dataset.from_list([{"prompt": chat.render_text(r["messages"], None, add_generation_prompt=True),
+                               "answer": r["answer"]} for r in rows])
 
     def reward(completions, answer, **_) -> list[float]:
         return [addition_reward(c[0]["content"] if isinstance(c, list) else c, a) for c, a in zip(completions, answer)]
@@ -203,6 +223,7 @@ def run_trl(out: Path) -> dict:
             self.t0 = 0.0
             self.steps: list[float] = []
             self.gen: list[float] = []
+            self.rss: list[float] = []
 
         def on_step_begin(self, args, state, control, **kw):
             gen_time[0] = 0.0
@@ -211,6 +232,7 @@ def run_trl(out: Path) -> dict:
         def on_step_end(self, args, state, control, **kw):
             self.steps.append(time.perf_counter() - self.t0)
             self.gen.append(gen_time[0])
+            self.rss.append(peak_rss_mb())
 
     timer = StepTimer()
     args = GRPOConfig(
@@ -236,6 +258,7 @@ def run_trl(out: Path) -> dict:
         "reward_mean": [h.get("reward") for h in logs],
         "wall_s": wall,
         "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb_before_last_step": timer.rss[-2] if len(timer.rss) >= 2 else None,
     }
 
 
@@ -291,6 +314,8 @@ def main() -> None:
         "speedup_vs_trl": theirs / ours,
         "agentrft_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["agentrft"]),
         "trl_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["trl"]),
+        "agentrft_peak_rss_mb_steps_1_to_4": max(r["peak_rss_mb_before_last_step"] for r in runs["agentrft"]),
+        "trl_peak_rss_mb_steps_1_to_4": max(r["peak_rss_mb_before_last_step"] for r in runs["trl"]),
         "agentrft_generated_tokens_per_s": median_of("agentrft", "generated_tokens_per_step_s"),
         "trl_generated_tokens_per_s": median_of("trl", "generated_tokens_per_step_s"),
         "agentrft_sampling_tokens_per_s": median_of("agentrft", "generated_tokens_per_generation_s"),

@@ -83,6 +83,10 @@ def test_rft_reward_rises_through_the_cli(tmp_path, tiny_model_dir):
     assert len(trajs) == 8 and all("reward" in t for t in trajs)
     val = store.metrics_frame("validation")
     assert sorted(val) == [4, 8]
+    train = store.metrics_frame("train")
+    for key in ("entropy", "clip_fraction", "grad_norm", "sampling_s", "grading_s", "training_s", "reward_std"):
+        assert key in train[1], key
+    assert train[1]["entropy"] > 0
     assert "mean reward" in proc.stdout
 
 
@@ -219,3 +223,22 @@ def test_example_configs_load():
     for path in examples:
         cfg = load_config(path)
         assert cfg.method.value in ("sft", "dpo", "rft")
+
+
+def test_eval_samples_zero_turns_validation_off_but_keeps_the_final_checkpoint(tmp_path, tiny_model):
+    import copy
+
+    from agentrft.train.runner import run_job
+
+    model, tok = tiny_model
+    cfg = load_config({**RFT_CONFIG, "model": "unused", "out_dir": str(tmp_path / "r"),
+                       "training": {"max_steps": 2, "batch_size": 2, "eval_interval": 1, "eval_samples": 0,
+                                    "checkpoint_interval": 10}})
+    result = run_job(cfg, model=copy.deepcopy(model), tokenizer=tok, log=lambda s: None)
+    assert result.final_eval == {} and result.steps == 2
+    store = RunStore(tmp_path / "r")
+    assert store.metrics_frame("validation") == {}
+    assert [c["step"] for c in store.checkpoints()] == [2]  # init_from needs the last step on disk
+    with pytest.raises(ConfigError, match="early_stop_patience needs validation evals"):
+        load_config({**RFT_CONFIG, "model": "unused",
+                     "training": {"eval_samples": 0, "early_stop_patience": 2}})

@@ -287,7 +287,10 @@ def train_cmd(config, resume, out_dir, overrides):
         result = run_job(cfg, resume=resume, log=click.echo)
     except AgentRFTError as e:
         _fail(e)
-    print_summary_table({"final eval": result.final_eval})
+    if result.final_eval:
+        print_summary_table({"final eval": result.final_eval})
+    else:
+        click.echo("validation evals were off (training.eval_samples: 0)")
     click.echo(f"run directory: {result.run_dir}  steps: {result.steps}"
                + ("  (stopped early: validation plateau)" if result.stopped_early else ""))
 

@@ -144,8 +144,9 @@ class TrainingConfig(_Section):
     batch_size: int = Field(8, ge=1)
     """Tasks per step (RFT samples ``group_size`` rollouts of each)."""
     eval_interval: int = Field(5, ge=1)
-    eval_samples: int = Field(32, ge=1)
-    """Validation tasks evaluated at each eval."""
+    eval_samples: int = Field(32, ge=0)
+    """Validation tasks evaluated at each eval; 0 turns validation evals off (checkpoints are then kept by
+    recency only), e.g. when the caller evaluates on its own held-out set right after training."""
     early_stop_patience: int | None = Field(None, ge=1)
     """Stop when validation reward has not improved by ``early_stop_min_delta`` for this many evals."""
     early_stop_min_delta: float = 0.0
@@ -186,6 +187,8 @@ class JobConfig(_Section):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "JobConfig":
+        if self.training.eval_samples == 0 and self.training.early_stop_patience:
+            raise ValueError("training.early_stop_patience needs validation evals; training.eval_samples is 0")
         if self.method == Method.DPO and not (self.data.pairs_file or (self.data.demonstrations and self.data.rejected_demonstrations)):
             raise ValueError("method 'dpo' needs data.pairs_file, or data.demonstrations and data.rejected_demonstrations")
         if self.method == Method.SFT and not (self.data.demonstrations or self.data.demonstrations_file):

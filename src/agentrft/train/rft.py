@@ -22,7 +22,7 @@ import torch
 from agentrft.errors import AgentRFTError
 from agentrft.algo.advantages import AdvantageEstimator, compute_advantages
 from agentrft.algo.batch import collate_trajectories
-from agentrft.algo.logprobs import token_logprobs
+from agentrft.algo.logprobs import token_logprobs, token_logprobs_and_entropy
 from agentrft.algo.losses import LossConfig, PolicyLoss, policy_loss
 from agentrft.evaluation import grade_all, is_correct
 from agentrft.rollout.episode import RolloutConfig, run_episodes
@@ -132,14 +132,16 @@ class RFTMethod:
                 part = trajs[s : s + mb]
                 b = collate_trajectories(part, advantages[s : s + mb], pad_id=policy.pad_token_id).to(policy.device)
                 policy.model.train()
-                logp = token_logprobs(policy.model, b.input_ids, b.attention_mask, temperature=temperature,
-                                      needed=b.loss_mask)
+                # entropy of the sampled positions' distributions: the collapse detector in the step metrics
+                logp, entropy = token_logprobs_and_entropy(policy.model, b.input_ids, b.attention_mask,
+                                                           temperature=temperature, needed=b.loss_mask)
                 ref = None
                 if cfg.rft.beta > 0:
                     with torch.no_grad(), policy.reference() as ref_model:
                         ref = token_logprobs(ref_model, b.input_ids, b.attention_mask, temperature=temperature,
                                              needed=b.loss_mask)
-                out = policy_loss(logp, b.old_logprobs, b.advantages, b.loss_mask, loss_cfg, ref_logprobs=ref)
+                out = policy_loss(logp, b.old_logprobs, b.advantages, b.loss_mask, loss_cfg, ref_logprobs=ref,
+                                  entropy=entropy)
                 # Weight micro-batches so the step's loss equals one big batch's.
                 weight = float(b.loss_mask.sum()) / max(1, n_tok) if loss_cfg.aggregation == "token_mean" else len(part) / n_seq
                 loss = out.loss * weight

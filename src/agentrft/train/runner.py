@@ -206,7 +206,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
                 state["bad_steps"] = 0
             state["step"] = step
 
-            eval_now = step % cfg.training.eval_interval == 0 or step == total
+            eval_now = bool(eval_rows) and (step % cfg.training.eval_interval == 0 or step == total)
             metric = None
             if eval_now:
                 last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed)
@@ -217,7 +217,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
                     state["best_eval_reward"], state["evals_since_best"] = metric, 0
                 else:
                     state["evals_since_best"] += 1
-            if eval_now or step % cfg.training.checkpoint_interval == 0:
+            if eval_now or step % cfg.training.checkpoint_interval == 0 or step == total:
                 path = save_checkpoint(run_dir, step, policy.model, ctx.optimizer, ctx.scheduler, trainer_state=dict(state),
                                        metric=metric, keep_best_k=cfg.training.keep_best_k)
                 store.record_checkpoint(step, str(path), metric, is_best=metric is not None and metric == state["best_eval_reward"])
@@ -237,7 +237,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     finally:
         bar.close()
     if last_eval is None:
-        last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed)
+        last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed) if eval_rows else {}
     store.set_status("completed")
     return RunResult(run_dir, state["step"], last_eval, state["best_eval_reward"], stopped_early, policy)
 
