@@ -27,7 +27,7 @@ def test_read_the_evidence_is_forgiving_about_form_only(row):
     gold = row["gold_doc_id"]
     assert read_the_evidence(rollout(row, "1", [gold.lower()]), row)
     assert read_the_evidence(rollout(row, "1", [f"{gold} | annual report"]), row)
-    assert not read_the_evidence(rollout(row, "1", ["10K-XXX-2020"]), row)
+    assert not read_the_evidence(rollout(row, "1", ["10K-NOPE-2020"]), row)
     assert not read_the_evidence(rollout(row, "1", [], failed_reads=(gold,)), row)  # a failed call found nothing
 
 
@@ -48,7 +48,7 @@ def test_reward_orders_correct_efficient_over_correct_verbose_over_wrong(row):
 def test_no_efficiency_credit_without_the_evidence(row):
     grade = cost_aware_reward(cost=0.15)
     no_tools = grade(rollout(row, "0.001", [], searches=0), row)
-    wrong_doc = grade(rollout(row, "0.001", ["10K-XXX-2020"]), row)
+    wrong_doc = grade(rollout(row, "0.001", ["10K-NOPE-2020"]), row)
     assert no_tools.reward == 0.0 and wrong_doc.reward == 0.0
     with pytest.raises(ValueError, match="correctness_weight"):
         cost_aware_reward(0.1, correctness_weight=0.0)
