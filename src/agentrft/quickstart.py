@@ -73,9 +73,10 @@ class QuickstartRecipe:
 
 def read_the_evidence(traj: Trajectory, row: TaskRow) -> bool:
     """Whether the rollout successfully read the row's gold filing (``read`` with its doc id)."""
-    gold = str(row.get("gold_doc_id", "")).upper()
-    return any(r.ok and r.call.name == "read"
-               and str(r.call.arguments.get("doc_id", "")).split("|")[0].strip().strip("\"'`").upper() == gold
+    from agentrft.envs.finance.environment import normalize_doc_id
+
+    gold = normalize_doc_id(row.get("gold_doc_id", ""))
+    return any(r.ok and r.call.name == "read" and normalize_doc_id(r.call.arguments.get("doc_id", "")) == gold
                for r in traj.tool_calls)
 
 

@@ -14,9 +14,14 @@ from agentrft.tools.base import ToolFailure
 from agentrft.tools.environment import Environment
 from agentrft.types import TaskRow, ToolErrorKind
 
-__all__ = ["SEARCH_TOP_K", "FinanceEnvironment"]
+__all__ = ["SEARCH_TOP_K", "FinanceEnvironment", "normalize_doc_id"]
 
 SEARCH_TOP_K = 5
+
+
+def normalize_doc_id(doc_id: str) -> str:
+    """A doc id as the store keys it: forgiving about form (case, spaces, quotes, a whole "id | title" line)."""
+    return str(doc_id).split("|")[0].strip().strip("\"'`").upper()
 
 
 class FinanceEnvironment(Environment):
@@ -52,8 +57,7 @@ class FinanceEnvironment(Environment):
         Args:
             doc_id: the id of a document, as listed by search (the part before " | ").
         """
-        # Forgiving about form (case, spaces, quotes, a whole "id | title" result line), never about content.
-        key = doc_id.split("|")[0].strip().strip("\"'`").upper()
+        key = normalize_doc_id(doc_id)  # forgiving about form, never about content
         doc = default_corpus().document(key)
         if doc is None:
             raise ToolFailure(ToolErrorKind.TOOL_ERROR, f"unknown doc_id {doc_id!r}; use search to find ids")
