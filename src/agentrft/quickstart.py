@@ -54,7 +54,7 @@ class QuickstartRecipe:
     sft_steps: int = 12
     sft_batch: int = 4
     sft_lr: float = 1e-3
-    rft_steps: int = 3
+    rft_steps: int = 5
     rft_tasks_per_step: int = 4
     rft_group: int = 4
     rft_lr: float = 2e-4
