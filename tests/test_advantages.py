@@ -13,6 +13,7 @@ from agentrft.algo.advantages import (
     group_mean,
     group_zscore,
     leave_one_out,
+    turn_advantages,
 )
 
 
@@ -81,3 +82,44 @@ def test_discounted_turn_returns():
     assert discounted_turn_returns([], 0.9) == []
     with pytest.raises(ValueError):
         discounted_turn_returns([1.0], 1.5)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
+def test_turn_advantages_without_split_or_discount_equal_trajectory_credit(estimator):
+    rewards = [0.9, 0.1, 0.4]
+    (expected,), _ = compute_advantages([rewards], estimator)
+    advs, zero_var = turn_advantages(rewards, [None, None, None], [3, 1, 2], estimator, gamma=1.0)
+    assert not zero_var
+    for per_turn, a, n in zip(advs, expected, [3, 1, 2]):
+        assert per_turn == pytest.approx([a] * n, abs=1e-12)
+
+
+def test_turn_advantages_hand_computed_split_and_discount():
+    # rollout 0: two detour calls cost 0.1 each on turns 0 and 1, outcome 0.8 on turn 2 -> reward 0.6
+    # rollout 1: reward 0.2, all on its only turn
+    # gamma 0.5: G0 = [-0.1 + 0.5*(-0.1) + 0.25*0.8, -0.1 + 0.5*0.8, 0.8] = [0.05, 0.3, 0.8]; G1 = [0.2]
+    # dr_grpo baseline: mean of start returns (0.05 + 0.2) / 2 = 0.125
+    advs, zero_var = turn_advantages([0.6, 0.2], [[-0.1, -0.1, 0.8], None], [3, 1], "dr_grpo", gamma=0.5)
+    assert not zero_var
+    assert advs[0] == pytest.approx([-0.075, 0.175, 0.675])
+    assert advs[1] == pytest.approx([0.075])
+    # gamma 1: the answer turn is not charged for the detours before it; the detour turns are
+    advs, _ = turn_advantages([0.6, 0.2], [[-0.1, -0.1, 0.8], None], [3, 1], "dr_grpo", gamma=1.0)
+    assert advs[0] == pytest.approx([0.2, 0.3, 0.4])  # G0 = [0.6, 0.7, 0.8] minus mean(0.6, 0.2)
+    assert advs[1] == pytest.approx([-0.2])
+    # grpo divides by the start returns' sample std: std(0.6, 0.2) = 0.282843
+    advs, _ = turn_advantages([0.6, 0.2], [[-0.1, -0.1, 0.8], None], [3, 1], "grpo", gamma=1.0)
+    assert advs[0] == pytest.approx([0.2 / 0.282843, 0.3 / 0.282843, 0.4 / 0.282843], abs=1e-5)
+
+
+def test_turn_advantages_zero_variance_and_bad_splits():
+    advs, zero_var = turn_advantages([0.5, 0.5], [None, [0.7, -0.2]], [1, 2], "grpo", gamma=1.0)
+    assert zero_var and advs == [[0.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match="2 values for 3 assistant turns"):
+        turn_advantages([0.5, 0.1], [[0.25, 0.25], None], [3, 1], "grpo", gamma=1.0)
+    with pytest.raises(ValueError, match="sum to 0.4, not the reward 0.5"):
+        turn_advantages([0.5, 0.1], [[0.2, 0.2], None], [2, 1], "grpo", gamma=1.0)
+    with pytest.raises(ValueError, match="no assistant turn"):
+        turn_advantages([0.5, 0.1], [None, None], [0, 1], "grpo", gamma=1.0)
+    with pytest.raises(ValueError, match="ragged group"):
+        turn_advantages([0.5, 0.1], [None], [1, 1], "grpo", gamma=1.0)

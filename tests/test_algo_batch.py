@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentrft.algo.batch import collate_trajectories
+from agentrft.algo.batch import collate_trajectories, num_assistant_turns, sampled_turns
 from agentrft.algo.logprobs import logprobs_from_logits, token_logprobs, token_logprobs_and_entropy
 from agentrft.types import Trajectory
 
@@ -39,6 +39,23 @@ def test_collate_shapes_values_and_right_padding():
     assert b.truncated_tokens == [0, 0] and b.num_truncated == 0
     moved = b.to("cpu")
     assert torch.equal(moved.input_ids, b.input_ids) and moved.truncated_tokens == [0, 0]
+
+
+def test_per_turn_advantages_land_on_their_turns_sampled_tokens():
+    trajs = [tool_trajectory(), short_trajectory()]
+    assert sampled_turns(trajs[0]) == [-1, -1, -1, 0, 0, -1, -1, 1]
+    assert [num_assistant_turns(t) for t in trajs] == [2, 1]
+    b = collate_trajectories(trajs, [[0.25, -0.5], [2.0]], pad_id=0)
+    assert b.advantages.tolist() == [[0, 0, 0, 0.25, 0.25, 0, 0, -0.5], [0, 0, 2.0, 0, 0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="mix per-trajectory floats and per-turn lists"):
+        collate_trajectories(trajs, [[0.25, -0.5], 2.0], pad_id=0)
+    with pytest.raises(ValueError, match="trajectory 0: 1 turn advantages for 2 turns"):
+        collate_trajectories(trajs, [[0.25], [2.0]], pad_id=0)
+    # a last turn the token budget cut to nothing still counts as a turn (the episode's count)
+    trajs[1].turns = 2
+    assert num_assistant_turns(trajs[1]) == 2
+    b = collate_trajectories(trajs, [[0.25, -0.5], [2.0, 7.0]], pad_id=0)
+    assert b.advantages[1].tolist() == [0, 0, 2.0, 0, 0, 0, 0, 0]
 
 
 def test_tool_output_tokens_never_in_loss_mask():
@@ -150,3 +167,98 @@ def test_needed_positions_fast_path_matches_full_path(tiny_llama):
     assert len(grads[0]) == len(grads[1]) > 0
     assert all(torch.allclose(a, c, atol=1e-5) for a, c in zip(*grads))
     tiny_llama.zero_grad()
+
+
+def test_shared_prefix_gives_the_unshared_values_and_gradients(tiny_llama):
+    """The prefix's decoder pass done once for all micro-batches: same logprobs, entropy and gradients."""
+    from agentrft.algo.logprobs import SharedPrefix, common_prefix_length
+
+    torch.manual_seed(1)
+    head = torch.randint(3, 100, (12,)).tolist()  # the tokens every row starts with (system prompt + tools)
+    trajs = []
+    for n_prompt, n_sampled in ((3, 4), (1, 6), (5, 2)):
+        t = Trajectory(task_id="p", messages=[])
+        t.append_tokens(head + torch.randint(3, 100, (n_prompt,)).tolist(), "prompt")
+        t.append_tokens(torch.randint(3, 100, (n_sampled,)).tolist(), "sampled", [-1.0] * n_sampled)
+        t.append_tokens([7], "env")
+        trajs.append(t)
+    assert common_prefix_length([t.token_ids for t in trajs]) == 12
+    assert common_prefix_length([[1, 2, 3], [1, 2], [1, 9]]) == 1 and common_prefix_length([]) == 0
+
+    def run(shared: bool):
+        tiny_llama.zero_grad()
+        prefix = SharedPrefix(tiny_llama, torch.tensor(head)) if shared else None
+        values, ents = [], []
+        for part in ([trajs[0], trajs[1]], [trajs[2]]):  # two micro-batches, right padding in the first
+            b = collate_trajectories(part, [0.0] * len(part), pad_id=0)
+            lp, ent = token_logprobs_and_entropy(tiny_llama, b.input_ids, b.attention_mask, temperature=0.7,
+                                                 needed=b.loss_mask, prefix=prefix)
+            (lp * b.loss_mask * torch.arange(1, lp.shape[1] + 1)).sum().backward()  # position-weighted
+            values.append(lp.detach())
+            ents.append(ent)
+        if prefix is not None:
+            prefix.backward()
+        return values, ents, [p.grad.clone() for p in tiny_llama.parameters()]
+
+    v0, e0, g0 = run(False)
+    v1, e1, g1 = run(True)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(v0, v1))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(e0, e1))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g0, g1))
+    emb = tiny_llama.get_input_embeddings().weight.grad
+    assert emb[head].abs().sum() > 0  # the prefix's own tokens got their gradient, through the one backward
+    tiny_llama.zero_grad()
+    b = collate_trajectories(trajs, [0.0] * 3, pad_id=0)
+    with pytest.raises(ValueError, match="inside the shared prefix"):
+        token_logprobs(tiny_llama, b.input_ids, b.attention_mask, needed=b.loss_mask,
+                       prefix=SharedPrefix(tiny_llama, b.input_ids[0, :16]))
+    with pytest.raises(ValueError, match="needs the fast path"):
+        token_logprobs(tiny_llama, b.input_ids, b.attention_mask, prefix=SharedPrefix(tiny_llama, torch.tensor(head)))
+
+
+def test_group_prefixes_on_a_common_prefix_give_the_unshared_gradients(tiny_llama):
+    """Two levels (system prompt for all, question per group), micro-batches of 1 and of mixed groups."""
+    from types import SimpleNamespace
+
+    from agentrft.algo.logprobs import PrefixRows, SharedPrefix
+    from agentrft.train.optim import PrefixPlan
+
+    torch.manual_seed(2)
+    system = torch.randint(3, 100, (10,)).tolist()
+    trajs = []
+    for task in ("a", "b"):
+        question = torch.randint(3, 100, (9 if task == "a" else 12,)).tolist()
+        for _ in range(3):
+            t = Trajectory(task_id=task, messages=[])
+            t.append_tokens(system + question, "prompt")
+            t.append_tokens(torch.randint(3, 100, (4,)).tolist(), "sampled", [-1.0] * 4)
+            t.append_tokens([5, 6], "env")
+            t.append_tokens(torch.randint(3, 100, (3,)).tolist(), "sampled", [-1.0] * 3)
+            trajs.append(t)
+    ctx = SimpleNamespace(policy=SimpleNamespace(model=tiny_llama, device=torch.device("cpu")))
+
+    def grads(mb: int, plan_on: bool):
+        tiny_llama.zero_grad()
+        plan = PrefixPlan(ctx, trajs, min_tokens=4) if plan_on else None
+        for s in range(0, len(trajs), mb):
+            b = collate_trajectories(trajs[s : s + mb], [0.0] * len(trajs[s : s + mb]), pad_id=0)
+            lp = token_logprobs(tiny_llama, b.input_ids, b.attention_mask, needed=b.loss_mask,
+                                prefix=plan.for_rows(s, s + mb) if plan else None)
+            (lp * b.loss_mask).sum().backward()
+        if plan:
+            plan.backward()
+        return plan, [p.grad.clone() for p in tiny_llama.parameters()]
+
+    _, reference = grads(1, False)
+    plan, g1 = grads(1, True)
+    # the system prompt, then each group's question up to the token before the first trained one
+    assert [p.length for p in plan._made] == [10, 18, 21]
+    assert plan.tokens == 10 + 8 + 11
+    assert isinstance(plan.for_rows(0, 1), SharedPrefix) and isinstance(plan.for_rows(2, 4), PrefixRows)
+    assert plan.for_rows(2, 4).length == 18  # rows of both groups: the shorter group prefix
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, g1))
+    _, g4 = grads(4, True)  # a micro-batch spanning both groups
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, g4))
+    tiny_llama.zero_grad()
+    with pytest.raises(ValueError, match="must extend its parent"):
+        SharedPrefix(tiny_llama, torch.tensor(system[:5]), parent=SharedPrefix(tiny_llama, torch.tensor(system)))

@@ -52,3 +52,25 @@ def test_no_efficiency_credit_without_the_evidence(row):
     assert no_tools.reward == 0.0 and wrong_doc.reward == 0.0
     with pytest.raises(ValueError, match="correctness_weight"):
         cost_aware_reward(0.1, correctness_weight=0.0)
+
+
+def test_split_turns_charges_each_detour_on_its_turn_and_sums_to_the_reward(row):
+    gold, right = row["gold_doc_id"], answer_text(row)
+    traj = rollout(row, right, ["PR-A", "10K-B", gold], searches=2)
+    for k, record in enumerate(traj.tool_calls):  # one call per turn, counted from 1 as the episode does
+        record.turn = k + 1
+    traj.turns = 6  # five calling turns, then the answer
+    g = cost_aware_reward(cost=0.15, correctness_weight=0.7, split_turns=True)(traj, row)
+    assert g.reward == pytest.approx(0.7 + 0.3 * (1 - 0.15 * 3))
+    assert g.turn_rewards == pytest.approx([0, 0, -0.045, -0.045, -0.045, g.reward + 3 * 0.045])
+    assert sum(g.turn_rewards) == pytest.approx(g.reward)
+    # efficiency floors at 0: charges stop once the 0.3 there is to lose is spent
+    g = cost_aware_reward(cost=0.5, correctness_weight=0.7, split_turns=True)(traj, row)
+    assert g.reward == pytest.approx(0.7)
+    assert g.turn_rewards == pytest.approx([0, 0, -0.15, -0.15, 0.0, 1.0])
+    # without the evidence there was no efficiency to lose: the whole reward is the last turn's
+    miss = rollout(row, "0.001", ["PR-A", "10K-B"], searches=2)
+    miss.turns = 5
+    g = cost_aware_reward(cost=0.15, split_turns=True)(miss, row)
+    assert g.reward == 0.0 and g.turn_rewards == [0.0] * 5
+    assert cost_aware_reward(cost=0.15)(traj, row).turn_rewards is None

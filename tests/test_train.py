@@ -242,3 +242,79 @@ def test_eval_samples_zero_turns_validation_off_but_keeps_the_final_checkpoint(t
     with pytest.raises(ConfigError, match="early_stop_patience needs validation evals"):
         load_config({**RFT_CONFIG, "model": "unused",
                      "training": {"eval_samples": 0, "early_stop_patience": 2}})
+
+
+def test_per_turn_credit_trains_on_token_advantages_and_rejects_bad_splits(tmp_path, tiny_model, monkeypatch):
+    import copy
+
+    import agentrft.train.rft as rft_mod
+    from agentrft.algo.batch import num_assistant_turns
+    from agentrft.train.rft import GraderFailure
+    from agentrft.train.runner import run_job
+    from agentrft.types import Grade
+
+    def split_grade(traj, row):  # varied rewards, all on the last turn, a small cost on the earlier ones
+        n = num_assistant_turns(traj)
+        reward = (sum(traj.token_ids) % 3) / 2
+        return Grade(reward=reward, turn_rewards=[-0.1] * (n - 1) + [reward + 0.1 * (n - 1)])
+
+    seen = []
+    real_loss = rft_mod.policy_loss
+
+    def recording_loss(logp, old, adv, mask, cfg, **kw):
+        seen.append((adv.clone(), mask.clone()))
+        return real_loss(logp, old, adv, mask, cfg, **kw)
+
+    monkeypatch.setattr(rft_mod, "policy_loss", recording_loss)
+    model, tok = tiny_model
+    base = {**RFT_CONFIG, "model": "unused", "rollout": {**RFT_CONFIG["rollout"], "max_turns": 2},
+            "rft": {"group_size": 4, "credit": "per_turn", "gamma": 0.9},
+            "optim": {**RFT_CONFIG["optim"], "micro_batch_size": 2, "shared_prefix_min_tokens": 4},
+            "training": {"max_steps": 2, "batch_size": 2, "eval_interval": 2, "eval_samples": 0, "checkpoint_interval": 2}}
+    cfg = load_config({**base, "out_dir": str(tmp_path / "ok")})
+    result = run_job(cfg, model=copy.deepcopy(model), tokenizer=tok, grade=split_grade, log=lambda s: None)
+    assert result.steps == 2 and seen
+    for adv, mask in seen:
+        assert adv.dim() == 2 and adv.shape == mask.shape  # per token, not per sequence
+        assert torch.all(adv[mask == 0] == 0)
+    assert any(torch.any(adv != 0) for adv, _ in seen)
+    trained = [m for m in RunStore(tmp_path / "ok").metrics_frame("train").values() if m.get("trained_rollouts")]
+    assert trained and all(m["shared_prefix_tokens"] >= 4 for m in trained)  # the prompt's tokens forwarded once
+
+    def bad_split(traj, row):
+        return Grade(reward=0.5 * (traj.group_index % 2), turn_rewards=[0.1, 0.2, 0.3, 0.4])
+    cfg = load_config({**base, "out_dir": str(tmp_path / "bad")})
+    with pytest.raises(GraderFailure, match="per-turn credit cannot use the grades of task .*4 values for"):
+        run_job(cfg, model=copy.deepcopy(model), tokenizer=tok, grade=bad_split, log=lambda s: None)
+    with pytest.raises(ConfigError, match="per_turn' needs a token-level loss"):
+        load_config({**base, "rft": {"credit": "per_turn", "loss": "gspo"}})
+    with pytest.raises(ConfigError, match="rft.gamma discounts per-turn returns"):
+        load_config({**base, "rft": {"gamma": 0.9}})
+
+
+def test_optimizer_step_invalidates_the_samplers_prefix_cache_even_when_fused(tiny_model):
+    """Fused AdamW writes the weights without bumping their version counters: the cache must still go."""
+    import copy
+    from types import SimpleNamespace
+
+    from agentrft.rollout.hf_sampler import HFSampler
+    from agentrft.rollout.sampler import SamplingParams
+    from agentrft.train.optim import optimizer_step
+
+    model, tok = tiny_model
+    model = copy.deepcopy(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.1, fused=True)
+    sampler = HFSampler(model, pad_token_id=tok.pad_token_id)
+    prompt = list(range(5, 45))
+    sampler.generate([prompt, prompt], SamplingParams(temperature=0.0, max_new_tokens=3, stop_token_ids=[]))
+    assert sampler._cache  # rows' keys/values kept for the next turn
+    version = sampler._weights_version()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    ctx = SimpleNamespace(policy=SimpleNamespace(trainable_parameters=lambda: params), optimizer=opt,
+                          scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), sampler=sampler,
+                          cfg=SimpleNamespace(optim=SimpleNamespace(max_grad_norm=1.0)))
+    stepped, _ = optimizer_step(ctx)
+    assert stepped and sampler._weights_version() == version  # the counters did not move ...
+    assert not sampler._cache  # ... and the stale keys/values are gone anyway

@@ -41,6 +41,11 @@ class AdvantageName(str, Enum):
     RLOO = "rloo"
 
 
+class CreditName(str, Enum):
+    TRAJECTORY = "trajectory"
+    PER_TURN = "per_turn"
+
+
 class LossName(str, Enum):
     PPO_CLIP = "ppo_clip"
     DAPO = "dapo"
@@ -88,6 +93,13 @@ class OptimConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     micro_batch_size: int = Field(8, ge=1)
     """Sequences per forward/backward pass (memory bound); gradients accumulate over a step."""
+    shared_prefix_min_tokens: int = Field(16, ge=0)
+    """Forward the tokens all sequences of a step start with (system prompt, tool schemas), and those the
+    rollouts of one task share, once per step when they are at least this many; 0 turns it off. Same
+    gradients (tested), less compute."""
+    fused: bool = True
+    """AdamW's fused kernel: one pass per parameter instead of foreach's temporaries (measured on 135M fp32
+    params, CPU: 0.15 s vs 0.8-2.2 s per step and 0.5 GB less peak memory); ``false`` for the foreach one."""
 
 
 class RFTConfig(_Section):
@@ -106,6 +118,12 @@ class RFTConfig(_Section):
     """Optimizer passes over each sampled batch (old logprobs fixed at sampling time)."""
     filter_zero_variance: bool = True
     """Drop groups whose rewards are all equal (no learning signal); counted in metrics."""
+    credit: CreditName = CreditName.TRAJECTORY
+    """``trajectory``: the reward's advantage reaches every sampled token of every turn. ``per_turn``: each
+    assistant turn gets the advantage of its discounted return, with the graders' per-turn rewards
+    (``Grade.turn_rewards``) where they provide them (see :func:`agentrft.algo.turn_advantages`)."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount per assistant turn for ``credit: per_turn``."""
 
 
 class DPOConfig(_Section):
@@ -195,6 +213,11 @@ class JobConfig(_Section):
             raise ValueError("method 'sft' needs data.demonstrations (an oracle policy name) or data.demonstrations_file")
         if self.rft.clip_eps_high < self.rft.clip_eps_low and self.rft.loss == LossName.DAPO:
             raise ValueError("rft.clip_eps_high must be >= rft.clip_eps_low for DAPO's clip-higher")
+        if self.rft.credit is CreditName.PER_TURN and self.rft.loss is LossName.GSPO:
+            raise ValueError("rft.credit 'per_turn' needs a token-level loss (ppo_clip or dapo); "
+                             "gspo's ratio and advantage are one per sequence")
+        if self.rft.gamma != 1.0 and self.rft.credit is CreditName.TRAJECTORY:
+            raise ValueError("rft.gamma discounts per-turn returns; set rft.credit: per_turn to use it")
         if self.tools is not None and not (self.data.train_file and self.grader is not None):
             raise ValueError("'tools' (external tool servers) needs data.train_file and a grader spec")
         if self.method != Method.RFT and self.rft.beta > 0:

@@ -49,6 +49,7 @@ class QuickstartRecipe:
     """Sizes of each stage (see docs/training.md for measured wall times on 2 CPU cores)."""
 
     test_tasks: int = 32
+    eval_batch: int = 32
     demonstrations: str = "logged"
     sft_demos: int = 48
     sft_steps: int = 12
@@ -68,6 +69,9 @@ class QuickstartRecipe:
     max_new_tokens: int = 48
     max_total_tokens: int = 2048
     lora_r: int = 16
+    lora_top_layers: int | None = None
+    """Adapt all layers: with the top 15 of 30 only (28 % less SFT time) SFT learned the calls but never to
+    stop calling: 0 % accuracy, every rollout at max_turns (measured)."""
     seed: int = 0
 
 
@@ -80,8 +84,8 @@ def read_the_evidence(traj: Trajectory, row: TaskRow) -> bool:
                for r in traj.tool_calls)
 
 
-def cost_aware_reward(cost: float, correctness_weight: float = 0.7,
-                      free_calls: int = 2) -> Callable[[Trajectory, TaskRow], Grade]:
+def cost_aware_reward(cost: float, correctness_weight: float = 0.7, free_calls: int = 2,
+                      split_turns: bool = False) -> Callable[[Trajectory, TaskRow], Grade]:
     """``w * correctness + (1 - w) * efficiency``, efficiency counted only for rollouts that read the evidence.
 
     correctness: continuous credit by relative error (:func:`grade_numeric`).
@@ -95,6 +99,11 @@ def cost_aware_reward(cost: float, correctness_weight: float = 0.7,
     Why gated on the evidence: efficiency alone pays for answering without
     looking anything up; counting it only when the gold filing was read pays
     for finding the evidence with fewer calls, never for skipping it.
+
+    ``split_turns``: also split the reward over the assistant turns
+    (``Grade.turn_rewards``, for ``rft.credit: per_turn``): each call beyond
+    ``free_calls`` costs ``(1 - w) * cost`` on the turn that made it, and the
+    rest (correctness, and the efficiency left) lands on the last turn.
     """
     if not 0.0 < correctness_weight <= 1.0:
         raise ValueError(f"correctness_weight must be in (0, 1], got {correctness_weight}")
@@ -102,13 +111,35 @@ def cost_aware_reward(cost: float, correctness_weight: float = 0.7,
     def grade(traj: Trajectory, row: TaskRow) -> Grade:
         g = grade_numeric(traj, row)
         extra = max(0, len(traj.tool_calls) - free_calls)
-        efficiency = max(0.0, 1.0 - cost * extra) if read_the_evidence(traj, row) else 0.0
+        read = read_the_evidence(traj, row)
+        efficiency = max(0.0, 1.0 - cost * extra) if read else 0.0
         correctness = g.sub_rewards.get("numeric", g.reward)
         g.sub_rewards["efficiency"] = efficiency
         g.reward = correctness_weight * correctness + (1.0 - correctness_weight) * efficiency
+        if split_turns:
+            g.turn_rewards = _split_over_turns(traj, g.reward, 1.0 - correctness_weight, cost, free_calls) if read \
+                else _split_over_turns(traj, g.reward, 0.0, cost, free_calls)
         return g
 
     return grade
+
+
+def _split_over_turns(traj: Trajectory, reward: float, efficiency_weight: float, cost: float,
+                      free_calls: int) -> list[float]:
+    """``reward`` over the assistant turns: each call beyond ``free_calls`` costs ``efficiency_weight * cost``
+    on its turn, in call order until the ``efficiency_weight`` there is to lose is spent (efficiency floors
+    at 0); the rest lands on the last turn. ``efficiency_weight`` 0: no efficiency was counted, nothing to charge.
+    """
+    from agentrft.algo.batch import num_assistant_turns
+
+    turns = [0.0] * num_assistant_turns(traj)
+    budget = efficiency_weight
+    for record in traj.tool_calls[free_calls:]:
+        c = min(efficiency_weight * cost, budget)
+        budget -= c
+        turns[min(record.turn, len(turns)) - 1] -= c  # ToolCallRecord.turn counts from 1
+    turns[-1] += reward - sum(turns)
+    return turns
 
 
 def verdict(sft: dict, rft: dict) -> dict:
@@ -149,8 +180,10 @@ def run_quickstart(out_dir: str | Path, model: str = "smollm2-135m", recipe: Qui
     def evaluate(name: str, policy) -> dict:
         log(f"[{name}] evaluating on {len(test_rows)} test tasks")
         t0 = time.perf_counter()
-        sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id)
-        graded = evaluate_rows(test_rows, env, sampler, policy.chat_format, eval_cfg, samples=1, batch_size=16)
+        # all 32 tasks in one batch: decoding reads the weights once per token for 32 rows instead of twice
+        sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id, max_batch_size=recipe.eval_batch)
+        graded = evaluate_rows(test_rows, env, sampler, policy.chat_format, eval_cfg, samples=1,
+                               batch_size=recipe.eval_batch)
         summary = summarize(graded, time.perf_counter() - t0)
         write_eval_outputs(out / name, graded, summary)
         return summary
@@ -159,7 +192,7 @@ def run_quickstart(out_dir: str | Path, model: str = "smollm2-135m", recipe: Qui
         "model": model,
         "seed": recipe.seed,
         "data": {"env": "finance", "limit_eval": 16},
-        "lora": {"enabled": True, "r": recipe.lora_r, "alpha": 2 * recipe.lora_r},
+        "lora": {"enabled": True, "r": recipe.lora_r, "alpha": 2 * recipe.lora_r, "top_layers": recipe.lora_top_layers},
         "rollout": {"max_turns": recipe.max_turns, "max_new_tokens": recipe.max_new_tokens,
                     "max_total_tokens": recipe.max_total_tokens},
     }

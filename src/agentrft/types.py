@@ -251,13 +251,18 @@ class Grade:
     error_messages: list[str] = field(default_factory=list)
     grader_version: str = ""
     execution_time: float = 0.0
+    turn_rewards: list[float] | None = None
+    """Optional split of ``reward`` over the assistant turns (one value per turn, summing to ``reward``),
+    read by ``rft.credit: per_turn``: e.g. a wasted tool call's cost on the turn that made it."""
 
     @property
     def has_error(self) -> bool:
         return any(self.errors.values())
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {} if self.turn_rewards is None else {"turn_rewards": list(self.turn_rewards)}
         return {
+            **extra,
             "reward": self.reward,
             "sub_rewards": dict(self.sub_rewards),
             "metadata": {

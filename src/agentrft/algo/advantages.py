@@ -32,9 +32,26 @@ the policy, and counting them as 0 would punish the model for a network error.
 Groups therefore may have different sizes, which is why
 :func:`compute_advantages` takes ragged lists.
 
-:func:`discounted_turn_returns` serves the per-turn reward option: a reward per
-assistant turn becomes the discounted return ``R_t = r_t + gamma R_{t+1}``
-of each turn.
+:func:`discounted_turn_returns` and :func:`turn_advantages` serve the
+per-turn credit option (``rft.credit: per_turn``): each assistant turn ``t``
+of rollout ``i`` gets its own advantage from the discounted return
+
+    G_{i,t} = sum_{k >= t} gamma^(k-t) r_{i,k}
+
+where ``r_{i,k}`` is the part of the rollout's reward earned at turn ``k``: a
+grader's split (``Grade.turn_rewards``, summing to ``Grade.reward``; e.g. the
+cost of a wasted tool call on the turn that made it) or, without one, the
+whole reward on the last turn. The group baseline and scale are the
+estimator's, taken over the rollouts' start returns ``V_i = G_{i,0}``:
+
+    A_{i,t} = (G_{i,t} - b_i) / s     grpo: b_i = mean(V), s = std(V) + eps
+                                       dr_grpo: b_i = mean(V), s = 1
+                                       rloo: b_i = mean_{j != i}(V_j), s = 1
+
+With ``gamma = 1`` and no split every turn gets exactly the trajectory-level
+advantage (tested); a group is zero-variance exactly when its start returns
+are equal; and a cost split onto turn ``k`` lowers the advantage of turns
+``<= k`` only: a detour's cost is not charged to the answer turn after it.
 """
 
 from __future__ import annotations
@@ -132,3 +149,47 @@ def discounted_turn_returns(turn_rewards: list[float], gamma: float) -> list[flo
         running = turn_rewards[t] + gamma * running
         returns[t] = running
     return returns
+
+
+def turn_advantages(
+    rewards: list[float],
+    splits: list[list[float] | None],
+    num_turns: list[int],
+    estimator: AdvantageEstimator | str,
+    gamma: float,
+    eps: float = 1e-6,
+    tol: float = 1e-6,
+) -> tuple[list[list[float]], bool]:
+    """Per-turn advantages of one group (see module docstring).
+
+    ``rewards[i]``: rollout i's reward; ``splits[i]``: that reward split over its
+    ``num_turns[i]`` assistant turns (summing to it within ``tol``), or ``None``
+    to put it all on the last turn. Returns ``(advantages, zero_variance)`` with
+    ``advantages[i][t]`` for turn t of rollout i (exactly 0 when zero-variance).
+    Raises ValueError on a split of the wrong length or sum (a grader bug).
+    """
+    if not len(rewards) == len(splits) == len(num_turns):
+        raise ValueError(f"ragged group: {len(rewards)} rewards, {len(splits)} splits, {len(num_turns)} turn counts")
+    returns: list[list[float]] = []
+    for i, (reward, split, n) in enumerate(zip(rewards, splits, num_turns)):
+        if n < 1:
+            raise ValueError(f"rollout {i} has no assistant turn")
+        if split is None:
+            per_turn = [0.0] * (n - 1) + [float(reward)]
+        else:
+            per_turn = [float(x) for x in split]
+            if len(per_turn) != n:
+                raise ValueError(f"rollout {i}: turn_rewards has {len(per_turn)} values for {n} assistant turns")
+            if abs(sum(per_turn) - reward) > tol:
+                raise ValueError(f"rollout {i}: turn_rewards sum to {sum(per_turn):.6g}, not the reward {reward:.6g}")
+        returns.append(discounted_turn_returns(per_turn, gamma))
+    start = torch.tensor([g[0] for g in returns], dtype=torch.float64)  # V [G]
+    if start.numel() < 2 or bool(is_zero_variance(start)):
+        return [[0.0] * len(g) for g in returns], True
+    est = AdvantageEstimator(estimator)
+    if est is AdvantageEstimator.RLOO:
+        baseline = ((start.sum() - start) / (start.numel() - 1)).tolist()
+    else:
+        baseline = [float(start.mean())] * start.numel()
+    scale = float(start.std()) + eps if est is AdvantageEstimator.GRPO else 1.0
+    return [[(g_t - b) / scale for g_t in g] for g, b in zip(returns, baseline)], False

@@ -40,6 +40,18 @@ model whose logits are exactly ``lm_head(decoder(x))`` (no soft-capping or
 logit scaling), so it is used for the architectures in
 :data:`PLAIN_HEAD_MODEL_TYPES` and everything else takes the full path;
 both give the same numbers (tested).
+
+A shared prefix (:class:`SharedPrefix`): every trajectory of a step starts with
+the same system prompt and tool schemas (about 390 of ~1,100 tokens on the
+finance environment), and the rollouts of a group share their task too (a
+child prefix on top of the common one; :class:`PrefixRows` serves rows of
+several groups in one batch). The decoder runs on those tokens once per step
+instead of once per trajectory:
+their keys/values become leaves that each micro-batch attends to, their
+gradients accumulate there, and :meth:`SharedPrefix.backward` pushes the sum
+through the prefix once after the last micro-batch. The loss is a sum over
+micro-batches, so the gradients are those of the unshared computation
+(tested); only the prefix's forward and backward are done once, not B times.
 """
 
 from __future__ import annotations
@@ -91,6 +103,95 @@ def logprobs_from_logits(
     return logprobs, entropy
 
 
+def common_prefix_length(sequences: list[list[int]]) -> int:
+    """Length of the longest prefix all ``sequences`` share."""
+    if not sequences:
+        return 0
+    first, n = sequences[0], min(len(x) for x in sequences)
+    for seq in sequences[1:]:
+        i = 0
+        while i < n and seq[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+class SharedPrefix:
+    """The decoder's keys/values of ``prefix_ids`` computed once, for many micro-batches that start with them.
+
+    ``prefix_ids``: [P] token ids. Gradients flow: each micro-batch's backward
+    accumulates into the leaves' ``.grad``; :meth:`backward` then sends them
+    through the prefix's own graph, once. ``parent``: a shorter shared prefix
+    these ids extend (the system prompt under a group's task prompt): only the
+    extension is forwarded, on top of the parent's leaves, and this prefix's
+    backward feeds the parent's leaves, so children go back before parents.
+    """
+
+    def __init__(self, model: torch.nn.Module, prefix_ids: Tensor, parent: "SharedPrefix | None" = None) -> None:
+        from transformers.cache_utils import DynamicCache
+
+        self.length = int(prefix_ids.numel())
+        start = parent.length if parent is not None else 0
+        if not start < self.length:
+            raise ValueError(f"a child prefix ({self.length} tokens) must extend its parent ({start} tokens)")
+        ids = prefix_ids[start:].view(1, -1)
+        out = model.get_decoder()(
+            input_ids=ids, attention_mask=torch.ones((1, self.length), dtype=torch.long, device=ids.device),
+            position_ids=torch.arange(start, self.length, device=ids.device).view(1, -1),
+            past_key_values=parent.cache(1) if parent is not None else DynamicCache(), use_cache=True)
+        self._outputs = [(layer.keys, layer.values) for layer in out.past_key_values.layers]  # [1, H, P, D] each
+        self._leaves = [(k.detach().requires_grad_(k.requires_grad), v.detach().requires_grad_(v.requires_grad))
+                        for k, v in self._outputs]
+
+    def cache(self, batch_size: int):
+        """A fresh cache holding the prefix for ``batch_size`` rows (the rows' grads sum into the leaves)."""
+        return PrefixRows([self] * batch_size, self.length).cache(batch_size)
+
+    def backward(self) -> None:
+        """Backpropagate the gradients the micro-batches left on the prefix's keys/values through the prefix."""
+        outputs, grads = [], []
+        for (k, v), (lk, lv) in zip(self._outputs, self._leaves):
+            for out, leaf in ((k, lk), (v, lv)):
+                if leaf.grad is not None and out.requires_grad:
+                    outputs.append(out)
+                    grads.append(leaf.grad)
+        if outputs:
+            torch.autograd.backward(outputs, grad_tensors=grads)
+        self._outputs = self._leaves = []  # the graph is spent
+
+
+class PrefixRows:
+    """The first ``length`` tokens of each row's own :class:`SharedPrefix` (rows of several groups in one batch).
+
+    Keys/values at positions below ``length`` depend on those tokens only (causal attention), so a longer
+    prefix's leaves cut to ``length`` are exactly the shorter prefix's.
+    """
+
+    def __init__(self, prefixes: list[SharedPrefix], length: int) -> None:
+        if any(p.length < length for p in prefixes):
+            raise ValueError(f"a row's shared prefix is shorter than {length} tokens")
+        self.prefixes, self.length = prefixes, length
+
+    def cache(self, batch_size: int):
+        from transformers.cache_utils import DynamicCache
+
+        if batch_size != len(self.prefixes):
+            raise ValueError(f"{len(self.prefixes)} row prefixes for a batch of {batch_size}")
+        cache = DynamicCache()
+        n = self.length
+        first = self.prefixes[0]
+        same = all(p is first for p in self.prefixes)
+        for i in range(len(first._leaves)):
+            if same:
+                k = first._leaves[i][0][:, :, :n].expand(batch_size, -1, -1, -1)
+                v = first._leaves[i][1][:, :, :n].expand(batch_size, -1, -1, -1)
+            else:
+                k = torch.cat([p._leaves[i][0][:, :, :n] for p in self.prefixes])
+                v = torch.cat([p._leaves[i][1][:, :, :n] for p in self.prefixes])
+            cache.update(k, v, i)
+        return cache
+
+
 def token_logprobs(
     model: torch.nn.Module,
     input_ids: Tensor,
@@ -99,16 +200,19 @@ def token_logprobs(
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     needed: Tensor | None = None,
+    prefix: SharedPrefix | PrefixRows | None = None,
 ) -> Tensor:
     """``log p(input_ids[:, t] | input_ids[:, :t])`` under ``model``; 0 at t=0 and on padding.
 
     input_ids: [B, T], attention_mask: [B, T] -> [B, T] float32
     needed: optional [B, T] bool/0-1 mask of the positions the caller reads (the
     loss mask); the others may be returned as 0 (they are, on the fast path).
+    prefix: the keys/values of ``input_ids[:, :prefix.length]`` (every row starts with those tokens), computed
+    once (see :class:`SharedPrefix`); needs ``needed`` with no position at or before ``prefix.length``.
     """
     logprobs, _ = token_logprobs_and_entropy(
         model, input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, with_entropy=False,
-        needed=needed,
+        needed=needed, prefix=prefix,
     )
     return logprobs
 
@@ -122,6 +226,7 @@ def token_logprobs_and_entropy(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     with_entropy: bool = True,
     needed: Tensor | None = None,
+    prefix: SharedPrefix | PrefixRows | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Like :func:`token_logprobs`, plus the (detached) entropy of each position's predictive distribution.
 
@@ -130,9 +235,12 @@ def token_logprobs_and_entropy(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if prefix is not None and (needed is None or not has_plain_head(model)):
+        raise ValueError("a shared prefix needs the fast path: pass needed=, on a plain-head model")
     if needed is not None and has_plain_head(model):
         return _selected_logprobs(model, input_ids, attention_mask, needed.bool() & attention_mask.bool(),
-                                  temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy)
+                                  temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy,
+                                  prefix=prefix)
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, V]
     logprobs, entropy = logprobs_from_logits(
         logits, input_ids, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
@@ -150,16 +258,25 @@ def has_plain_head(model: torch.nn.Module) -> bool:
 
 def _selected_logprobs(
     model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, needed: Tensor, *,
-    temperature: float, chunk_size: int, with_entropy: bool,
+    temperature: float, chunk_size: int, with_entropy: bool, prefix: SharedPrefix | PrefixRows | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """The fast path of :func:`token_logprobs_and_entropy`: the LM head only on the ``needed`` [B, T] positions."""
     b, t = input_ids.shape
     needed = needed.clone()
     needed[:, 0] = False  # nothing predicts the first token
     rows, cols = needed.nonzero(as_tuple=True)  # [N], [N]
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    p = prefix.length if prefix is not None else 0
+    if p:
+        if rows.numel() and int(cols.min()) <= p:
+            raise ValueError(f"a needed position ({int(cols.min())}) lies inside the shared prefix ({p} tokens)")
+        positions = torch.arange(p, t, device=input_ids.device).expand(b, -1)  # [B, T-P]
+        hidden = model.get_decoder()(input_ids=input_ids[:, p:], attention_mask=attention_mask,
+                                     position_ids=positions, past_key_values=prefix.cache(b),
+                                     use_cache=True).last_hidden_state  # [B, T-P, H]: positions P..T-1
+    else:
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
     head = model.get_output_embeddings()
-    picked_hidden = hidden[rows, cols - 1]  # [N, H]: position t-1 predicts token t
+    picked_hidden = hidden[rows, cols - 1 - p]  # [N, H]: position t-1 predicts token t
     targets = input_ids[rows, cols]  # [N]
     values: list[Tensor] = []
     ent_values: list[Tensor] = []

@@ -11,6 +11,77 @@ import math
 
 import torch
 
+from agentrft.algo.logprobs import PrefixRows, SharedPrefix, common_prefix_length, has_plain_head
+
+
+MIN_GROUP_EXTENSION = 8
+"""A group's own prefix is forwarded separately only when it adds at least this many tokens to the common one."""
+
+
+class PrefixPlan:
+    """Which leading tokens of a step's trajectories are forwarded once (see :class:`SharedPrefix`).
+
+    Two levels: the tokens all trajectories share (system prompt, tool schemas), and on top of them the
+    tokens the rollouts of one task share (its question). Each is forwarded once per optimizer pass; a
+    micro-batch reads the longest prefix all its rows have. Trained positions always lie after it.
+    """
+
+    def __init__(self, ctx, trajs, min_tokens: int) -> None:
+        model, device = ctx.policy.model, ctx.policy.device
+        self._made: list[SharedPrefix] = []
+        self._tokens = 0
+        self._limit = [t.token_kinds.index("sampled") - 1 if "sampled" in t.token_kinds else t.num_tokens
+                       for t in trajs]  # every trained position must lie after the prefix
+        root_len = min(common_prefix_length([t.token_ids for t in trajs]), min(self._limit))
+        root = self._make(model, trajs[0].token_ids[:root_len], None, device) if root_len >= min_tokens else None
+        self.rows: list[SharedPrefix | None] = [root] * len(trajs)
+        groups: dict[str, list[int]] = {}
+        for i, t in enumerate(trajs):
+            groups.setdefault(t.task_id, []).append(i)
+        for idx in groups.values():
+            if len(idx) < 2:
+                continue
+            n = min(common_prefix_length([trajs[i].token_ids for i in idx]), min(self._limit[i] for i in idx))
+            base = root.length if root is not None else 0
+            if n >= max(min_tokens, base + MIN_GROUP_EXTENSION):
+                child = self._make(model, trajs[idx[0]].token_ids[:n], root, device)
+                for i in idx:
+                    self.rows[i] = child
+
+    def _make(self, model, ids, parent, device) -> SharedPrefix:
+        prefix = SharedPrefix(model, torch.tensor(ids, device=device), parent=parent)
+        self._made.append(prefix)
+        self._tokens += prefix.length - (parent.length if parent is not None else 0)
+        return prefix
+
+    @property
+    def tokens(self) -> int:
+        """Tokens forwarded once instead of per trajectory (the metric ``shared_prefix_tokens``)."""
+        return self._tokens
+
+    def for_rows(self, start: int, stop: int) -> SharedPrefix | PrefixRows | None:
+        """The prefix of micro-batch ``rows[start:stop]``, or None when its rows share none."""
+        rows = self.rows[start:stop]
+        if any(p is None for p in rows):
+            return None
+        if all(p is rows[0] for p in rows):
+            return rows[0]
+        return PrefixRows(rows, min(p.length for p in rows))  # type: ignore[arg-type]
+
+    def backward(self) -> None:
+        """Send the collected gradients through the prefixes: each group's before the common one it extends."""
+        for prefix in reversed(self._made):
+            prefix.backward()
+
+
+def shared_prefix(ctx, trajs) -> PrefixPlan | None:
+    """The step's :class:`PrefixPlan`, or ``None`` when ``optim.shared_prefix_min_tokens`` is 0 or the model's
+    head is not plain (the prefix needs the LM-head-on-trained-positions path)."""
+    min_tokens = ctx.cfg.optim.shared_prefix_min_tokens
+    if not min_tokens or len(trajs) < 2 or not has_plain_head(ctx.policy.model):
+        return None
+    return PrefixPlan(ctx, trajs, min_tokens)
+
 
 def optimizer_step(ctx, skip: bool = False) -> tuple[bool, float]:
     """Clip and apply the accumulated gradients; returns (stepped, grad_norm)."""
@@ -24,6 +95,12 @@ def optimizer_step(ctx, skip: bool = False) -> tuple[bool, float]:
         ctx.optimizer.zero_grad(set_to_none=True)
         return False, norm_f
     ctx.optimizer.step()
+    # The sampler's prefix cache holds keys/values computed with the old weights. It also watches the
+    # parameters' version counters, but fused optimizer kernels write without bumping them (measured:
+    # torch 2.13's fused AdamW leaves ``_version`` unchanged), so say it explicitly.
+    sampler = getattr(ctx, "sampler", None)
+    if sampler is not None and hasattr(sampler, "reset_cache"):
+        sampler.reset_cache()
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return True, norm_f

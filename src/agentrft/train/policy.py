@@ -94,6 +94,7 @@ def build_optimizer(cfg: JobConfig, policy: Policy, total_steps: int):
         lr=cfg.optim.learning_rate,
         betas=tuple(cfg.optim.betas),
         weight_decay=cfg.optim.weight_decay,
+        fused=cfg.optim.fused,
     )
     warmup = cfg.optim.warmup_steps
 

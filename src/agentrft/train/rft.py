@@ -6,8 +6,11 @@
     loss        policy-gradient loss on sampled tokens only (PPO-clip, DAPO, GSPO)
     optimize    AdamW with grad clipping; non-finite steps are skipped
 
-Credit: the trajectory's reward reaches every sampled token of every turn
-(tool output and prompt tokens are masked out by their token kind). Groups
+Credit (``rft.credit``): by default the trajectory's reward reaches every
+sampled token of every turn (tool output and prompt tokens are masked out by
+their token kind); ``per_turn`` gives each assistant turn the advantage of its
+discounted return, with the graders' per-turn rewards where they provide them
+(:func:`agentrft.algo.advantages.turn_advantages`). Groups
 whose rewards are all equal carry no signal and are filtered (and counted);
 infrastructure failures are excluded before advantages are computed.
 """
@@ -20,13 +23,14 @@ from typing import Any
 import torch
 
 from agentrft.errors import AgentRFTError
-from agentrft.algo.advantages import AdvantageEstimator, compute_advantages
-from agentrft.algo.batch import collate_trajectories
+from agentrft.algo.advantages import AdvantageEstimator, compute_advantages, turn_advantages
+from agentrft.algo.batch import collate_trajectories, num_assistant_turns
+from agentrft.config import CreditName
 from agentrft.algo.logprobs import token_logprobs, token_logprobs_and_entropy
 from agentrft.algo.losses import LossConfig, PolicyLoss, policy_loss
 from agentrft.evaluation import grade_all, is_correct
 from agentrft.rollout.episode import RolloutConfig, run_episodes
-from agentrft.train.optim import optimizer_step
+from agentrft.train.optim import optimizer_step, shared_prefix
 
 
 class GraderFailure(AgentRFTError):
@@ -72,9 +76,21 @@ class RFTMethod:
         for k in range(len(batch)):
             idx = [k * group + j for j in range(group) if not trajs[k * group + j].is_infra_failure]
             groups.append(idx)
-        rewards_by_group = [[grades[i].reward for i in idx] for idx in groups if len(idx) >= 2]
         kept_groups = [idx for idx in groups if len(idx) >= 2]
-        advs, zero_var = compute_advantages(rewards_by_group, AdvantageEstimator(cfg.rft.advantage.value))
+        estimator = AdvantageEstimator(cfg.rft.advantage.value)
+        if cfg.rft.credit is CreditName.PER_TURN:
+            advs, zero_var = [], []
+            for idx in kept_groups:
+                try:
+                    a, zv = turn_advantages([grades[i].reward for i in idx], [grades[i].turn_rewards for i in idx],
+                                            [num_assistant_turns(trajs[i]) for i in idx], estimator, cfg.rft.gamma)
+                except ValueError as e:  # a grader's turn_rewards that do not fit its trajectory
+                    raise GraderFailure(f"step {step}: per-turn credit cannot use the grades of task "
+                                        f"{trajs[idx[0]].task_id!r}: {e}") from None
+                advs.append(a)
+                zero_var.append(zv)
+        else:
+            advs, zero_var = compute_advantages([[grades[i].reward for i in idx] for idx in kept_groups], estimator)
         train_idx, train_adv = [], []
         for idx, adv, zv in zip(kept_groups, advs, zero_var):
             if zv and cfg.rft.filter_zero_variance:
@@ -128,13 +144,16 @@ class RFTMethod:
             n_seq = len(trajs)
             n_tok = sum(t.num_sampled_tokens for t in trajs)
             nonfinite = False
+            policy.model.train()
+            prefix = shared_prefix(ctx, trajs)  # forwarded again each pass: the weights changed
             for s in range(0, n_seq, mb):
                 part = trajs[s : s + mb]
                 b = collate_trajectories(part, advantages[s : s + mb], pad_id=policy.pad_token_id).to(policy.device)
                 policy.model.train()
                 # entropy of the sampled positions' distributions: the collapse detector in the step metrics
                 logp, entropy = token_logprobs_and_entropy(policy.model, b.input_ids, b.attention_mask,
-                                                           temperature=temperature, needed=b.loss_mask)
+                                                           temperature=temperature, needed=b.loss_mask,
+                                                           prefix=prefix.for_rows(s, s + mb) if prefix else None)
                 ref = None
                 if cfg.rft.beta > 0:
                     with torch.no_grad(), policy.reference() as ref_model:
@@ -152,11 +171,14 @@ class RFTMethod:
                 totals["loss"] = totals.get("loss", 0.0) + float(loss.detach())
                 for k, v in out.stats.items():
                     totals[k] = totals.get(k, 0.0) + float(v) * weight
+            if prefix is not None and not nonfinite:
+                prefix.backward()
             stepped, grad_norm = optimizer_step(ctx, skip=nonfinite)
             if not stepped:
                 skipped = 1.0
                 break
         totals = {k: v / max(1, cfg.rft.updates_per_batch) for k, v in totals.items()}
+        totals["shared_prefix_tokens"] = float(prefix.tokens if prefix is not None else 0)
         if skipped:
             totals["loss"] = float("nan")
         totals.update(skipped=skipped, grad_norm=grad_norm)

@@ -18,7 +18,7 @@ from agentrft.algo.losses import sft_loss
 from agentrft.errors import ConfigError
 from agentrft.rollout.episode import tools_for_row
 from agentrft.train.demonstrations import demonstration_trajectory
-from agentrft.train.optim import optimizer_step
+from agentrft.train.optim import optimizer_step, shared_prefix
 
 
 def demonstrations_for(ctx, rows: list[dict], policy_name: str) -> list:
@@ -60,16 +60,21 @@ class SFTMethod:
         total, nonfinite = 0.0, False
         ctx.optimizer.zero_grad(set_to_none=True)
         policy.model.train()
+        prefix = shared_prefix(ctx, batch)
         for s in range(0, len(batch), mb):
             part = batch[s : s + mb]
             b = collate_trajectories(part, [0.0] * len(part), pad_id=policy.pad_token_id).to(policy.device)
-            logp = token_logprobs(policy.model, b.input_ids, b.attention_mask, needed=b.loss_mask)
+            logp = token_logprobs(policy.model, b.input_ids, b.attention_mask, needed=b.loss_mask,
+                                  prefix=prefix.for_rows(s, s + mb) if prefix else None)
             loss = sft_loss(logp, b.loss_mask) * (float(b.loss_mask.sum()) / max(1, n_tok))
             if not torch.isfinite(loss):
                 nonfinite = True
                 break
             loss.backward()
             total += float(loss.detach())
+        if prefix is not None and not nonfinite:
+            prefix.backward()
         stepped, norm = optimizer_step(ctx, skip=nonfinite)
         return {"loss": total if stepped else float("nan"), "skipped": 0.0 if stepped else 1.0, "grad_norm": norm,
-                "tokens_trained": float(n_tok), "training_s": time.perf_counter() - t0}
+                "tokens_trained": float(n_tok), "training_s": time.perf_counter() - t0,
+                "shared_prefix_tokens": float(prefix.tokens if prefix is not None else 0)}
