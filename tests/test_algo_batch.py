@@ -216,12 +216,15 @@ def test_shared_prefix_gives_the_unshared_values_and_gradients(tiny_llama):
         token_logprobs(tiny_llama, b.input_ids, b.attention_mask, prefix=SharedPrefix(tiny_llama, torch.tensor(head)))
 
 
-def test_group_prefixes_on_a_common_prefix_give_the_unshared_gradients(tiny_llama):
+def test_group_prefixes_on_a_common_prefix_give_the_unshared_gradients(tiny_llama, monkeypatch):
     """Two levels (system prompt for all, question per group), micro-batches of 1 and of mixed groups."""
     from types import SimpleNamespace
 
+    import agentrft.train.optim as optim
     from agentrft.algo.logprobs import PrefixRows, SharedPrefix
     from agentrft.train.optim import PrefixPlan
+
+    monkeypatch.setattr(optim, "MIN_GROUP_EXTENSION", 4)  # the toy questions are 8 and 11 tokens
 
     torch.manual_seed(2)
     system = torch.randint(3, 100, (10,)).tolist()
@@ -259,6 +262,10 @@ def test_group_prefixes_on_a_common_prefix_give_the_unshared_gradients(tiny_llam
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, g1))
     _, g4 = grads(4, True)  # a micro-batch spanning both groups
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, g4))
+    monkeypatch.setattr(optim, "MIN_GROUP_EXTENSION", 64)  # the default: short questions are not worth a pass
+    plan, g1 = grads(1, True)
+    assert [p.length for p in plan._made] == [10] and plan.tokens == 10
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, g1))
     tiny_llama.zero_grad()
     with pytest.raises(ValueError, match="must extend its parent"):
         SharedPrefix(tiny_llama, torch.tensor(system[:5]), parent=SharedPrefix(tiny_llama, torch.tensor(system)))

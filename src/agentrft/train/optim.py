@@ -14,8 +14,12 @@ import torch
 from agentrft.algo.logprobs import PrefixRows, SharedPrefix, common_prefix_length, has_plain_head
 
 
-MIN_GROUP_EXTENSION = 8
-"""A group's own prefix is forwarded separately only when it adds at least this many tokens to the common one."""
+MIN_GROUP_EXTENSION = 64
+"""A group's own prefix is forwarded separately only when it adds at least this many tokens to the common one.
+
+Measured on the quickstart's RFT step 1 (16 finance rollouts, 23,889 tokens, LoRA, 2 cores): no sharing 134 s,
+the common 391 tokens once 110 s, plus each group's ~25-token question once 118 s: a short extension's own
+forward and backward cost more than the tokens they save."""
 
 
 class PrefixPlan:
