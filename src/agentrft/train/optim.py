@@ -1,8 +1,11 @@
-"""The optimizer step shared by every method: clip, check finiteness, step or skip.
+"""What every method's training pass shares: the shared-prefix plan, and the optimizer step.
 
-A non-finite loss or gradient never reaches the weights: the update is
-skipped and reported (``skipped`` metric, a ``nonfinite_skip`` event); the
-runner stops after ``max_bad_steps`` in a row with the last checkpoint intact.
+:func:`shared_prefix` plans which leading tokens of a step's sequences are
+forwarded once (:class:`PrefixPlan`). :func:`optimizer_step` clips, checks
+finiteness, and steps or skips: a non-finite loss or gradient never reaches
+the weights; the update is skipped and reported (``skipped`` metric, a
+``nonfinite_skip`` event), and the runner stops after ``max_bad_steps`` in a
+row with the last checkpoint intact.
 """
 
 from __future__ import annotations
