@@ -136,7 +136,7 @@ def test_trajectories_roundtrip_with_indexed_columns(store):
     got = store.trajectories()
     assert [r["trace_id"] for r in got] == [r["trace_id"] for r in recs1 + recs2]
     assert got[0]["step"] == 1 and got[2]["step"] == 2
-    back = Trajectory.from_dict({k: v for k, v in got[0].items() if k not in ("grade", "reward", "step")})
+    back = Trajectory.from_dict({k: v for k, v in got[0].items() if k not in ("grade", "reward", "step", "split")})
     assert back.token_kinds == ["prompt", "prompt", "sampled"] and back.logprobs == [None, None, -0.25]
     assert got[1]["grade"]["reward"] == 0.0
     assert [r["task_id"] for r in store.trajectories(step=2)] == ["t2"]
@@ -152,6 +152,39 @@ def test_trajectories_roundtrip_with_indexed_columns(store):
     store.log_trajectories(1, [{**recs1[0], "reward": 0.25}])  # same trace id: replaced, not duplicated
     assert len(store.trajectories()) == 3
     assert [r["reward"] for r in store.trajectories(step=1) if r["trace_id"] == recs1[0]["trace_id"]] == [0.25]
+
+
+def test_validation_trajectories_are_kept_apart_from_training_samples(store):
+    store.log_trajectories(2, [_record("t1", 0, 1.0), _record("t1", 1, 0.0)])
+    store.log_trajectories(2, [_record("v1", 0, 0.5)], split="validation")
+    assert [r["task_id"] for r in store.trajectories(step=2)] == ["t1", "t1"]  # default: training samples
+    val = store.trajectories(split="validation")
+    assert [(r["task_id"], r["step"], r["split"]) for r in val] == [("v1", 2, "validation")]
+    assert [r["split"] for r in store.trajectories(split=None)] == ["train", "train", "validation"]
+    store.discard_after(1)
+    assert store.trajectories(split=None) == []
+
+
+def test_a_version_1_store_is_migrated_and_its_rows_read_as_training_samples(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    conn = sqlite3.connect(run / "run.db")
+    conn.executescript("""
+        CREATE TABLE schema_version (version INTEGER NOT NULL);
+        INSERT INTO schema_version VALUES (1);
+        CREATE TABLE trajectories (id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER NOT NULL, task_id TEXT,
+            trace_id TEXT UNIQUE, group_index INTEGER, reward REAL, time REAL NOT NULL, data TEXT NOT NULL);
+        INSERT INTO trajectories (step, task_id, trace_id, group_index, reward, time, data)
+            VALUES (1, 't0', 'abc', 0, 1.0, 0.0, '{"task_id": "t0"}');
+    """)
+    conn.close()
+    with RunStore(run) as s:
+        assert s.schema_version == SCHEMA_VERSION == 2
+        assert [(r["task_id"], r["split"]) for r in s.trajectories()] == [("t0", "train")]
+        s.log_trajectories(1, [_record("v", 0, 0.0)], split="validation")
+        assert len(s.trajectories(split="validation")) == 1
+    with RunStore(run) as s:  # reopening a migrated store is a no-op
+        assert len(s.trajectories(split=None)) == 2
 
 
 def test_discard_after_forgets_replayed_steps(store):

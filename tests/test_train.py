@@ -83,6 +83,12 @@ def test_rft_reward_rises_through_the_cli(tmp_path, tiny_model_dir):
     assert len(trajs) == 8 and all("reward" in t for t in trajs)
     val = store.metrics_frame("validation")
     assert sorted(val) == [4, 8]
+    # the validation rollouts behind those figures are stored too, graded, apart from the training samples
+    val_trajs = store.trajectories(split="validation")
+    assert sorted({t["step"] for t in val_trajs}) == [4, 8]
+    assert all("grade" in t and t["split"] == "validation" for t in val_trajs)
+    at8 = [t["reward"] for t in val_trajs if t["step"] == 8]
+    assert sum(at8) / len(at8) == pytest.approx(val[8]["reward_mean"])
     train = store.metrics_frame("train")
     for key in ("entropy", "clip_fraction", "grad_norm", "sampling_s", "grading_s", "training_s", "reward_std"):
         assert key in train[1], key

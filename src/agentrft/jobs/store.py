@@ -48,7 +48,8 @@ from typing import Any, Literal
 
 from agentrft.errors import AgentRFTError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added ``trajectories.split`` (validation rollouts are stored beside training samples)."""
 DB_NAME = "run.db"
 
 RunStatus = Literal["running", "completed", "failed", "stopped"]
@@ -97,7 +98,8 @@ CREATE TABLE IF NOT EXISTS trajectories (
     group_index INTEGER,
     reward      REAL,
     time        REAL NOT NULL,
-    data        TEXT NOT NULL        -- JSON: Trajectory.to_dict() + grade + reward
+    data        TEXT NOT NULL,       -- JSON: Trajectory.to_dict() + grade + reward
+    split       TEXT NOT NULL DEFAULT 'train'  -- 'train' (sampled for an update) or 'validation'
 );
 CREATE INDEX IF NOT EXISTS trajectories_step ON trajectories (step);
 CREATE INDEX IF NOT EXISTS trajectories_task ON trajectories (task_id);
@@ -159,10 +161,21 @@ class RunStore:
                 f"INSERT INTO schema_version (version) SELECT {SCHEMA_VERSION}"
                 " WHERE NOT EXISTS (SELECT 1 FROM schema_version);COMMIT;")
             version = self.schema_version
+            if version == 1:
+                self._migrate_v1()
+                version = self.schema_version
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.db_path} has schema version {version}, newer than this agentrft "
                     f"understands ({SCHEMA_VERSION}); upgrade agentrft to read it")
+
+    def _migrate_v1(self) -> None:
+        """v1 -> v2: add ``trajectories.split``; every v1 row was a training sample."""
+        with self._tx() as db:
+            cols = {r["name"] for r in db.execute("PRAGMA table_info(trajectories)")}
+            if "split" not in cols:
+                db.execute("ALTER TABLE trajectories ADD COLUMN split TEXT NOT NULL DEFAULT 'train'")
+            db.execute("UPDATE schema_version SET version = 2")
 
     # -- connection ----------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -317,26 +330,35 @@ class RunStore:
         return frame
 
     # -- trajectories ------------------------------------------------------------------
-    def log_trajectories(self, step: int, records: list[Mapping[str, Any]]) -> None:
+    def log_trajectories(self, step: int, records: list[Mapping[str, Any]], split: str = "train") -> None:
         """Store a step's trajectories: each record is ``Trajectory.to_dict()`` plus
-        ``grade`` and ``reward``. The same ``trace_id`` logged twice replaces the first."""
+        ``grade`` and ``reward``. ``split``: ``train`` for the samples an update used,
+        ``validation`` for the rollouts of the eval at that step. The same ``trace_id``
+        logged twice replaces the first."""
         now = time.time()
         rows = []
         for rec in records:
             reward = rec.get("reward")
             rows.append((int(step), rec.get("task_id"), rec.get("trace_id"), rec.get("group_index"),
-                         None if reward is None else float(reward), now, json.dumps(rec, ensure_ascii=False)))
+                         None if reward is None else float(reward), now, json.dumps(rec, ensure_ascii=False), split))
         with self._tx() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO trajectories (step, task_id, trace_id, group_index, reward, time, data)"
-                " VALUES (?,?,?,?,?,?,?)", rows)
+                "INSERT OR REPLACE INTO trajectories (step, task_id, trace_id, group_index, reward, time, data, split)"
+                " VALUES (?,?,?,?,?,?,?,?)", rows)
 
-    def trajectories(self, step: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        """Logged records (as given, plus ``step``) in logging order, optionally one step's, at most ``limit``."""
-        sql, params = "SELECT step, data FROM trajectories", []
+    def trajectories(self, step: int | None = None, limit: int | None = None,
+                     split: str | None = "train") -> list[dict[str, Any]]:
+        """Logged records (as given, plus ``step`` and ``split``) in logging order, optionally one step's,
+        at most ``limit``. ``split``: ``train`` (default), ``validation``, or ``None`` for both."""
+        sql, params, where = "SELECT step, split, data FROM trajectories", [], []
         if step is not None:
-            sql += " WHERE step = ?"
+            where.append("step = ?")
             params.append(int(step))
+        if split is not None:
+            where.append("split = ?")
+            params.append(split)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY step, id"
         if limit is not None:
             sql += " LIMIT ?"
@@ -344,7 +366,7 @@ class RunStore:
         out = []
         for r in self._query(sql, params):
             rec = json.loads(r["data"])
-            rec["step"] = r["step"]
+            rec["step"], rec["split"] = r["step"], r["split"]
             out.append(rec)
         return out
 

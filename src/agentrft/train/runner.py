@@ -36,7 +36,7 @@ from agentrft.envs.registry import EnvSpec, get_env
 from agentrft.errors import AgentRFTError, ConfigError
 from agentrft.evaluation import evaluate_rows, summarize
 from agentrft.jobs.checkpoint import load_latest_checkpoint, restore_checkpoint, save_checkpoint
-from agentrft.jobs.store import RunStore, hash_json
+from agentrft.jobs.store import DB_NAME, RunStore, hash_file, hash_json
 from agentrft.rollout.episode import RolloutConfig
 from agentrft.rollout.hf_sampler import HFSampler
 from agentrft.train.demonstrations import steps_per_epoch
@@ -108,7 +108,8 @@ def load_rows(env: EnvSpec, split: str, file: str | None, limit: int | None) -> 
     return rows[:limit] if limit else rows
 
 
-def eval_policy(ctx: TrainContext, rows: list[dict], seed: int) -> dict:
+def eval_policy(ctx: TrainContext, rows: list[dict], seed: int, step: int) -> dict:
+    """Roll out and grade the validation rows; store their trajectories in run.db (``split='validation'``)."""
     r = ctx.cfg.rollout
     rcfg = RolloutConfig(max_turns=r.max_turns, max_new_tokens=r.max_new_tokens, max_total_tokens=r.max_total_tokens,
                          temperature=r.eval_temperature, top_p=1.0, tool_timeout_s=r.tool_timeout_s,
@@ -116,7 +117,10 @@ def eval_policy(ctx: TrainContext, rows: list[dict], seed: int) -> dict:
     t0 = time.perf_counter()
     graded = evaluate_rows(rows, ctx.env, ctx.sampler, ctx.policy.chat_format, rcfg, samples=1, batch_size=16,
                            grade=ctx.grade)
-    return summarize(graded, time.perf_counter() - t0)
+    summary = summarize(graded, time.perf_counter() - t0)
+    ctx.store.log_trajectories(step, [{**g.trajectory.to_dict(), "grade": g.grade.to_dict(), "reward": g.grade.reward}
+                                      for g in graded], split="validation")
+    return summary
 
 
 def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
@@ -209,7 +213,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
             eval_now = bool(eval_rows) and (step % cfg.training.eval_interval == 0 or step == total)
             metric = None
             if eval_now:
-                last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed)
+                last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed, step=step)
                 metric = last_eval["reward_mean"]
                 store.log_metrics(step, _numeric(last_eval), split="validation")
                 best = state["best_eval_reward"]
@@ -237,7 +241,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     finally:
         bar.close()
     if last_eval is None:
-        last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed) if eval_rows else {}
+        last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed, step=state["step"]) if eval_rows else {}
     store.set_status("completed")
     return RunResult(run_dir, state["step"], last_eval, state["best_eval_reward"], stopped_early, policy)
 
@@ -262,6 +266,13 @@ def _hashes(cfg: JobConfig, env: EnvSpec, rows: list[dict], grade) -> dict[str, 
     from agentrft.models.loading import resolve_model
 
     hashes = {"dataset": hash_json(rows), "config": hash_json(cfg.model_dump(mode="json"))}
+    # what SFT/DPO actually train on when it is not generated from the task rows
+    for key, path in (("demonstrations", cfg.data.demonstrations_file), ("pairs", cfg.data.pairs_file)):
+        if path and Path(path).is_file():
+            hashes[key] = hash_file(path)
+    if cfg.data.pairs_from_run and (Path(cfg.data.pairs_from_run) / DB_NAME).is_file():
+        with RunStore(cfg.data.pairs_from_run) as source:
+            hashes["pairs"] = hash_json([(t.get("trace_id"), t.get("reward")) for t in source.trajectories()])
     version = getattr(grade, "__self__", None)
     hashes["grader"] = getattr(version, "version", None) or hash_json({"env_grader": env.name, "fn": getattr(grade, "__qualname__", "")})
     try:
