@@ -68,6 +68,11 @@ class DataConfig(_Section):
     """SFT: JSONL of complete conversations (``messages`` with the assistant turns to imitate)."""
     pairs_file: str | None = None
     """DPO: JSONL of ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` message lists."""
+    pairs_from_run: str | None = None
+    """DPO: a run directory (an RFT run's) whose sampled groups give the pairs: at each step, the best vs
+    the worst rollout of each task, on the exact tokens that were sampled (same ``model`` needed)."""
+    pairs_min_margin: float = Field(0.1, ge=0.0)
+    """``pairs_from_run``: a group gives a pair only when its best and worst rewards differ by this much."""
     limit_train: int | None = None
     limit_eval: int | None = None
 
@@ -81,6 +86,10 @@ class LoraConfig(_Section):
     top_layers: int | None = Field(None, ge=1)
     """Adapt only the last N decoder layers (default: all). Backpropagation then stops at the lowest
     adapted layer, so a CPU step costs about (1 + 2 N / L) / 3 of a full one for an L-layer model."""
+    train_top_layers: int | None = Field(None, ge=1)
+    """Keep adapters on every adapted layer but train only those of the last N decoder layers; the others
+    keep the values they start with (``init_from``: e.g. RFT on top of an SFT adapter) and backpropagation
+    stops below the lowest trained layer, at the same (1 + 2 N / L) / 3 cost."""
 
 
 class OptimConfig(_Section):
@@ -207,8 +216,16 @@ class JobConfig(_Section):
     def _check_combinations(self) -> "JobConfig":
         if self.training.eval_samples == 0 and self.training.early_stop_patience:
             raise ValueError("training.early_stop_patience needs validation evals; training.eval_samples is 0")
-        if self.method == Method.DPO and not (self.data.pairs_file or (self.data.demonstrations and self.data.rejected_demonstrations)):
-            raise ValueError("method 'dpo' needs data.pairs_file, or data.demonstrations and data.rejected_demonstrations")
+        if self.method == Method.DPO:
+            sources = [name for name, on in (
+                ("data.pairs_file", self.data.pairs_file), ("data.pairs_from_run", self.data.pairs_from_run),
+                ("data.demonstrations + data.rejected_demonstrations",
+                 self.data.demonstrations and self.data.rejected_demonstrations)) if on]
+            if not sources:
+                raise ValueError("method 'dpo' needs data.pairs_file, data.pairs_from_run, or data.demonstrations "
+                                 "and data.rejected_demonstrations")
+            if len(sources) > 1:
+                raise ValueError(f"method 'dpo' takes its pairs from one source; got {' and '.join(sources)}")
         if self.method == Method.SFT and not (self.data.demonstrations or self.data.demonstrations_file):
             raise ValueError("method 'sft' needs data.demonstrations (an oracle policy name) or data.demonstrations_file")
         if self.rft.clip_eps_high < self.rft.clip_eps_low and self.rft.loss == LossName.DAPO:
@@ -220,6 +237,12 @@ class JobConfig(_Section):
             raise ValueError("rft.gamma discounts per-turn returns; set rft.credit: per_turn to use it")
         if self.tools is not None and not (self.data.train_file and self.grader is not None):
             raise ValueError("'tools' (external tool servers) needs data.train_file and a grader spec")
+        if self.lora.train_top_layers is not None and not self.lora.enabled:
+            raise ValueError("lora.train_top_layers freezes the lower layers' adapters; it needs lora.enabled: true")
+        if (self.lora.train_top_layers is not None and self.lora.top_layers is not None
+                and self.lora.train_top_layers > self.lora.top_layers):
+            raise ValueError(f"lora.train_top_layers ({self.lora.train_top_layers}) exceeds lora.top_layers "
+                             f"({self.lora.top_layers}): layers without adapters have nothing to train")
         if self.method != Method.RFT and self.rft.beta > 0:
             raise ValueError("rft.beta is an RFT setting; it has no effect with method " + self.method.value)
         return self

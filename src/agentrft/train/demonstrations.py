@@ -59,6 +59,20 @@ def mine_pairs(groups: list[list[tuple[Trajectory, float]]], min_margin: float =
     return pairs
 
 
+def pairs_from_records(records: list[dict[str, Any]], min_margin: float = 0.1) -> list[tuple[Trajectory, Trajectory]]:
+    """DPO pairs from a run's logged samples (``RunStore.trajectories()`` records): one group per
+    (step, task), infra failures and unrewarded records left out, then :func:`mine_pairs`."""
+    groups: dict[tuple[int, str], list[tuple[Trajectory, float]]] = {}
+    for rec in records:
+        if rec.get("reward") is None:
+            continue
+        traj = Trajectory.from_dict({k: v for k, v in rec.items() if k not in ("grade", "reward", "step", "split")})
+        if traj.is_infra_failure:
+            continue
+        groups.setdefault((int(rec.get("step", 0)), traj.task_id), []).append((traj, float(rec["reward"])))
+    return mine_pairs(list(groups.values()), min_margin)
+
+
 def cycle_batches(items: list[Any], batch_size: int, step: int, seed: int) -> list[Any]:
     """The items of 1-based ``step``: a seeded permutation per epoch, consumed in order.
 
@@ -83,4 +97,4 @@ def steps_per_epoch(n_items: int, batch_size: int) -> int:
     return max(1, -(-n_items // batch_size))
 
 
-__all__ = ["demonstration_trajectory", "mine_pairs", "cycle_batches", "steps_per_epoch"]
+__all__ = ["demonstration_trajectory", "mine_pairs", "pairs_from_records", "cycle_batches", "steps_per_epoch"]

@@ -2,7 +2,10 @@
 
 Pairs come from a JSONL file, from two oracle policies of an environment
 (e.g. efficient = chosen, verbose = rejected: prefer the cheaper agent), or
-are mined from RFT groups (best vs worst, :func:`agentrft.train.demonstrations.mine_pairs`).
+are mined from an RFT run's groups (``data.pairs_from_run``: best vs worst of
+each task at each step, :func:`agentrft.train.demonstrations.mine_pairs`).
+Mined pairs keep the exact tokens that were sampled, so the policy is trained
+on what the model did rather than on a re-rendering of it.
 The sequence log-probability sums only over trainable (assistant) tokens; the
 reference is the frozen base (LoRA adapters disabled).
 """
@@ -27,6 +30,30 @@ def _sequence_logps(model, b) -> torch.Tensor:
     return (logp * b.loss_mask).sum(dim=-1)  # [B]
 
 
+def _pairs_from_run(ctx) -> list:
+    from pathlib import Path
+
+    from agentrft.jobs.store import DB_NAME, RunStore
+    from agentrft.train.demonstrations import pairs_from_records
+
+    d = ctx.cfg.data
+    run_dir = Path(d.pairs_from_run)
+    if not (run_dir / DB_NAME).is_file():
+        raise ConfigError(f"data.pairs_from_run: {run_dir} has no {DB_NAME}; give the directory of a finished run")
+    with RunStore(run_dir) as store:
+        run = store.get_run() or {}
+        records = store.trajectories()
+    source_model = (run.get("resolved_config") or {}).get("model")
+    if source_model is not None and source_model != ctx.cfg.model:
+        raise ConfigError(f"data.pairs_from_run: {run_dir} sampled with model {source_model!r}, this job trains "
+                          f"{ctx.cfg.model!r}; its token ids only mean something to the same tokenizer")
+    pairs = pairs_from_records(records, d.pairs_min_margin)
+    if not pairs:
+        raise ConfigError(f"data.pairs_from_run: no group of the {len(records)} samples in {run_dir} has a reward "
+                          f"spread of at least data.pairs_min_margin={d.pairs_min_margin}")
+    return pairs
+
+
 class DPOMethod:
     def prepare(self, ctx, train_rows: list[dict]) -> list:
         d = ctx.cfg.data
@@ -40,6 +67,8 @@ class DPOMethod:
                 rejected = demonstration_trajectory(obj["prompt"] + obj["rejected"], tools, ctx.policy.chat_format)
                 pairs.append((chosen, rejected))
             return pairs
+        if d.pairs_from_run:
+            return _pairs_from_run(ctx)
         chosen = demonstrations_for(ctx, train_rows, d.demonstrations)
         rejected = demonstrations_for(ctx, train_rows, d.rejected_demonstrations)
         return list(zip(chosen, rejected))
