@@ -85,31 +85,41 @@ def test_discounted_turn_returns():
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])
-def test_turn_advantages_without_split_or_discount_equal_trajectory_credit(estimator):
+def test_turn_advantages_start_as_trajectory_credit_and_compare_later_turns_with_who_got_there(estimator):
     rewards = [0.9, 0.1, 0.4]
     (expected,), _ = compute_advantages([rewards], estimator)
     advs, zero_var = turn_advantages(rewards, [None, None, None], [3, 1, 2], estimator, gamma=1.0)
     assert not zero_var
-    for per_turn, a, n in zip(advs, expected, [3, 1, 2]):
-        assert per_turn == pytest.approx([a] * n, abs=1e-12)
+    assert [a[0] for a in advs] == pytest.approx(expected, abs=1e-12)  # turn 1: every rollout, trajectory credit
+    scale = float(torch.tensor(rewards).std()) + 1e-6 if estimator == "grpo" else 1.0
+    # turn 2: rollouts 0 and 2 got there (returns 0.9 and 0.4); turn 3: rollout 0 alone -> nothing to compare
+    if estimator == "rloo":
+        assert advs[0][1:] == pytest.approx([0.5, 0.0]) and advs[2][1] == pytest.approx(-0.5)
+    else:
+        assert advs[0][1:] == pytest.approx([0.25 / scale, 0.0]) and advs[2][1] == pytest.approx(-0.25 / scale)
 
 
 def test_turn_advantages_hand_computed_split_and_discount():
-    # rollout 0: two detour calls cost 0.1 each on turns 0 and 1, outcome 0.8 on turn 2 -> reward 0.6
+    # rollout 0: two detour calls cost 0.1 each on turns 1 and 2, outcome 0.8 on turn 3 -> reward 0.6
     # rollout 1: reward 0.2, all on its only turn
     # gamma 0.5: G0 = [-0.1 + 0.5*(-0.1) + 0.25*0.8, -0.1 + 0.5*0.8, 0.8] = [0.05, 0.3, 0.8]; G1 = [0.2]
-    # dr_grpo baseline: mean of start returns (0.05 + 0.2) / 2 = 0.125
+    # dr_grpo, turn 1: baseline (0.05 + 0.2) / 2 = 0.125; turns 2-3: rollout 0 alone
     advs, zero_var = turn_advantages([0.6, 0.2], [[-0.1, -0.1, 0.8], None], [3, 1], "dr_grpo", gamma=0.5)
     assert not zero_var
-    assert advs[0] == pytest.approx([-0.075, 0.175, 0.675])
+    assert advs[0] == pytest.approx([-0.075, 0.0, 0.0])
     assert advs[1] == pytest.approx([0.075])
-    # gamma 1: the answer turn is not charged for the detours before it; the detour turns are
-    advs, _ = turn_advantages([0.6, 0.2], [[-0.1, -0.1, 0.8], None], [3, 1], "dr_grpo", gamma=1.0)
-    assert advs[0] == pytest.approx([0.2, 0.3, 0.4])  # G0 = [0.6, 0.7, 0.8] minus mean(0.6, 0.2)
-    assert advs[1] == pytest.approx([-0.2])
-    # grpo divides by the start returns' sample std: std(0.6, 0.2) = 0.282843
-    advs, _ = turn_advantages([0.6, 0.2], [[-0.1, -0.1, 0.8], None], [3, 1], "grpo", gamma=1.0)
-    assert advs[0] == pytest.approx([0.2 / 0.282843, 0.3 / 0.282843, 0.4 / 0.282843], abs=1e-5)
+
+
+def test_a_later_detour_is_not_rewarded_for_the_costs_behind_it():
+    # Two correct rollouts (outcome 1.0 on the answer turn). The efficient one answers at turn 3; the verbose
+    # one calls at turns 3, 4 and 5 (0.05 each) and answers at turn 6: reward 0.85.
+    # Against the start returns (mean 0.925) its turn-5 call (G = 0.95) would look good; per turn index it is
+    # the turn-3 call -- where the efficient sibling answered instead -- that carries the difference.
+    verbose = [0.0, 0.0, -0.05, -0.05, -0.05, 1.0]
+    advs, _ = turn_advantages([1.0, 0.85], [[0.0, 0.0, 1.0], verbose], [3, 6], "dr_grpo", gamma=1.0)
+    assert advs[0] == pytest.approx([0.075, 0.075, 0.075])
+    assert advs[1] == pytest.approx([-0.075, -0.075, -0.075, 0.0, 0.0, 0.0])
+    assert all(a <= 0 for a in advs[1])  # no turn of the costlier rollout is reinforced
 
 
 def test_turn_advantages_zero_variance_and_bad_splits():

@@ -41,17 +41,27 @@ of rollout ``i`` gets its own advantage from the discounted return
 where ``r_{i,k}`` is the part of the rollout's reward earned at turn ``k``: a
 grader's split (``Grade.turn_rewards``, summing to ``Grade.reward``; e.g. the
 cost of a wasted tool call on the turn that made it) or, without one, the
-whole reward on the last turn. The group baseline and scale are the
-estimator's, taken over the rollouts' start returns ``V_i = G_{i,0}``:
+whole reward on the last turn. Each turn is compared with the group's
+rollouts that got as far, its own baseline over their returns at the same
+turn; the scale is the estimator's over the start returns ``V_i = G_{i,1}``:
 
-    A_{i,t} = (G_{i,t} - b_i) / s     grpo: b_i = mean(V), s = std(V) + eps
-                                       dr_grpo: b_i = mean(V), s = 1
-                                       rloo: b_i = mean_{j != i}(V_j), s = 1
+    A_{i,t} = (G_{i,t} - b_{i,t}) / s    R_t = {j : rollout j has a turn t}
+        grpo:    b_{i,t} = mean_{j in R_t} G_{j,t},          s = std(V) + eps
+        dr_grpo: b_{i,t} = mean_{j in R_t} G_{j,t},          s = 1
+        rloo:    b_{i,t} = mean_{j in R_t, j != i} G_{j,t},  s = 1  (A = 0 if no such j)
 
-With ``gamma = 1`` and no split every turn gets exactly the trajectory-level
-advantage (tested); a group is zero-variance exactly when its start returns
-are equal; and a cost split onto turn ``k`` lowers the advantage of turns
-``<= k`` only: a detour's cost is not charged to the answer turn after it.
+Why a baseline per turn index: ``G_{i,t}`` is the return *from* turn t, so
+it no longer contains the costs of earlier turns, while the start returns do.
+Measured against the start returns (stop 8's version), a later detour looks
+better than the first one and, with costs split onto turns, can even get a
+positive advantage for making one more call: the group mean of the returns
+at turn t is the group's estimate of what a rollout that is still going at
+turn t should expect. Turn 1 is exactly trajectory credit; a turn that only
+one rollout reached gets 0 (nothing to compare with). With ``gamma = 1`` and
+no split, a rollout's later turns are compared with the rollouts that lasted
+as long: the turn where a better sibling answered and this one called again
+carries the difference. A group is zero-variance exactly when its start
+returns are equal (all zeros then, as for trajectory credit).
 """
 
 from __future__ import annotations
@@ -187,9 +197,12 @@ def turn_advantages(
     if start.numel() < 2 or bool(is_zero_variance(start)):
         return [[0.0] * len(g) for g in returns], True
     est = AdvantageEstimator(estimator)
-    if est is AdvantageEstimator.RLOO:
-        baseline = ((start.sum() - start) / (start.numel() - 1)).tolist()
-    else:
-        baseline = [float(start.mean())] * start.numel()
     scale = float(start.std()) + eps if est is AdvantageEstimator.GRPO else 1.0
-    return [[(g_t - b) / scale for g_t in g] for g, b in zip(returns, baseline)], False
+    advantages: list[list[float]] = []
+    for i, g in enumerate(returns):
+        row = []
+        for t, g_t in enumerate(g):
+            others = [r[t] for j, r in enumerate(returns) if len(r) > t and (j != i or est is not AdvantageEstimator.RLOO)]
+            row.append((g_t - sum(others) / len(others)) / scale if others else 0.0)
+        advantages.append(row)
+    return advantages, False
