@@ -32,3 +32,43 @@ def test_top_layers_beyond_the_model_is_a_config_error():
         build_policy(_cfg(top_layers=3), model, tok)
     with pytest.raises(Exception, match="top_layers"):
         _cfg(top_layers=0)
+
+
+def _lora_params(policy, layer: int) -> list:
+    return [p for name, p in policy.model.named_parameters() if "lora_" in name and f".layers.{layer}." in name]
+
+
+def test_train_top_layers_keeps_every_adapter_but_trains_only_the_top_ones():
+    import torch
+
+    from agentrft.train.policy import build_optimizer
+
+    model, tok = make_tiny_model(num_layers=3)
+    policy = build_policy(_cfg(train_top_layers=1), model, tok)
+    assert all(_lora_params(policy, layer) for layer in (0, 1, 2))  # adapters everywhere (an SFT adapter loads whole)
+    assert _adapted_layers(policy) == {2}
+    with torch.no_grad():  # stand-in for adapter values loaded from an earlier run
+        for layer in (0, 1, 2):
+            for p in _lora_params(policy, layer):
+                p.fill_(0.01)
+    before = {layer: [p.detach().clone() for p in _lora_params(policy, layer)] for layer in (0, 1)}
+    opt, _ = build_optimizer(_cfg(train_top_layers=1), policy, total_steps=1)
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in _lora_params(policy, 2)}
+    ids = torch.randint(0, 50, (2, 12))
+    policy.model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    for layer in (0, 1):  # frozen where they stood, and never reached by the backward pass
+        assert all(p.grad is None for p in _lora_params(policy, layer))
+        assert all(torch.equal(p, b) for p, b in zip(_lora_params(policy, layer), before[layer]))
+    assert all(p.grad is not None for p in _lora_params(policy, 2))
+
+
+def test_train_top_layers_is_checked_against_the_model_and_the_config():
+    model, tok = make_tiny_model(num_layers=2)
+    with pytest.raises(ConfigError, match="lora.train_top_layers: 3 is not between 1 and the model's 2"):
+        build_policy(_cfg(train_top_layers=3), model, tok)
+    with pytest.raises(ConfigError, match="needs lora.enabled"):
+        load_config({"method": "rft", "model": "tiny", "data": {"env": "toy"},
+                     "lora": {"enabled": False, "train_top_layers": 1}})
+    with pytest.raises(ConfigError, match="exceeds lora.top_layers"):
+        _cfg(top_layers=1, train_top_layers=2)

@@ -59,6 +59,11 @@ class QuickstartRecipe:
     rft_tasks_per_step: int = 4
     rft_group: int = 4
     rft_lr: float = 2e-4
+    rft_credit: str = "trajectory"
+    """``per_turn``: the reward is split over the turns (each extra call charged on its turn), discounted."""
+    rft_gamma: float = 1.0
+    rft_train_top_layers: int | None = None
+    """RFT trains only the SFT adapter's top N layers (``lora.train_top_layers``); None: all."""
     rft_temperature: float = 0.7
     """Sampling temperature of RFT rollouts: at 1.0 the SFT policy wanders and most groups score all zero."""
     tool_cost: float = 0.15
@@ -223,15 +228,17 @@ def run_quickstart(out_dir: str | Path, model: str = "smollm2-135m", recipe: Qui
     # 3. RFT from the SFT weights, reward = correctness × efficiency ------------------
     t0 = time.perf_counter()
     rft_cfg = load_config({
-        **common, "method": "rft", "out_dir": str(out / "runs" / "rft"), "init_from": str(out / "runs" / "sft"),
+        **common, "lora": {**common["lora"], "train_top_layers": recipe.rft_train_top_layers}, "method": "rft", "out_dir": str(out / "runs" / "rft"), "init_from": str(out / "runs" / "sft"),
         "training": {"max_steps": recipe.rft_steps, "batch_size": recipe.rft_tasks_per_step,
                      "eval_interval": recipe.rft_steps, "eval_samples": 0,
                      "checkpoint_interval": recipe.rft_steps},
-        "rft": {"group_size": recipe.rft_group, "advantage": "grpo", "loss": "ppo_clip"},
+        "rft": {"group_size": recipe.rft_group, "advantage": "grpo", "loss": "ppo_clip", "credit": recipe.rft_credit,
+                **({"gamma": recipe.rft_gamma} if recipe.rft_credit == "per_turn" else {})},
         "optim": {"learning_rate": recipe.rft_lr, "micro_batch_size": 1},
         "rollout": {**common["rollout"], "temperature": recipe.rft_temperature},
     })
-    rft = run_job(rft_cfg, grade=cost_aware_reward(recipe.tool_cost, recipe.correctness_weight), log=log)
+    reward = cost_aware_reward(recipe.tool_cost, recipe.correctness_weight, split_turns=recipe.rft_credit == "per_turn")
+    rft = run_job(rft_cfg, grade=reward, log=log)
     result["rft"] = _stage_summary(evaluate("rft", rft.policy), time.perf_counter() - t0)
 
     result["wall_s"] = time.perf_counter() - t_all

@@ -81,11 +81,30 @@ def build_policy(cfg: JobConfig, model=None, tokenizer=None) -> Policy:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lcfg)
+        if cfg.lora.train_top_layers is not None:
+            _freeze_adapters_below(model, cfg.lora.train_top_layers)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
     model.config.use_cache = True
     return Policy(model, tokenizer, get_chat_format(tokenizer, cfg.chat_format), device, dtype, is_lora)
+
+
+def _freeze_adapters_below(model, top: int) -> None:
+    """Only the adapters of the last ``top`` decoder layers train; the rest are frozen where they stand."""
+    import re
+
+    depth = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if not 1 <= top <= depth:
+        raise ConfigError(f"lora.train_top_layers: {top} is not between 1 and the model's {depth} decoder layers")
+    lowest = depth - top
+    layer_of = re.compile(r"\.layers\.(\d+)\.")
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            m = layer_of.search(name)
+            if m is None:
+                raise ConfigError(f"lora.train_top_layers: cannot tell which decoder layer adapter {name!r} is in")
+            p.requires_grad_(int(m.group(1)) >= lowest)
 
 
 def build_optimizer(cfg: JobConfig, policy: Policy, total_steps: int):
