@@ -72,3 +72,16 @@ def test_train_top_layers_is_checked_against_the_model_and_the_config():
                      "lora": {"enabled": False, "train_top_layers": 1}})
     with pytest.raises(ConfigError, match="exceeds lora.top_layers"):
         _cfg(top_layers=1, train_top_layers=2)
+
+
+@pytest.mark.parametrize("setting", ["mkl", "onednn"])
+def test_cpu_matmul_decides_which_library_the_policys_linear_layers_use(setting):
+    from agentrft.models.onednn import OneDNNLinear, onednn_op
+
+    if setting == "onednn" and onednn_op() is None:
+        pytest.skip("this PyTorch build has no oneDNN")
+    model, tok = make_tiny_model(num_layers=2)
+    cfg = load_config({"method": "rft", "model": "tiny", "data": {"env": "toy"}, "training": {"cpu_matmul": setting}})
+    policy = build_policy(cfg, model, tok)
+    routed = [m for m in policy.model.modules() if isinstance(m, OneDNNLinear)]
+    assert bool(routed) is (setting == "onednn")

@@ -187,6 +187,10 @@ class TrainingConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto = float32 on CPU (bf16 is ~100× slower on CPUs), bfloat16 on GPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_matmul: Literal["auto", "onednn", "mkl"] = "auto"
+    """Library for float32 linear layers on CPU (training, sampling, eval): ``auto`` takes oneDNN where it is
+    faster than MKL on this machine (measured at start; 2x on AMD EPYC), ``onednn``/``mkl`` force one
+    (see :mod:`agentrft.models.onednn`). No effect on GPU or in bfloat16."""
 
 
 class JobConfig(_Section):

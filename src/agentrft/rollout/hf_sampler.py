@@ -39,6 +39,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from agentrft.models.onednn import Choice, choose
+from agentrft.rollout.fused_decoder import FusedDecoder, supports
 from agentrft.rollout.sampler import Completion, SamplingParams
 
 
@@ -96,8 +98,17 @@ class HFSampler:
     """Batched sampling from a local Hugging Face causal LM (CPU fp32 or GPU)."""
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 16, max_context: int | None = None,
-                 prefix_cache_tokens: int = 65_536):
+                 prefix_cache_tokens: int = 65_536, fused: bool | None = None, cpu_matmul: Choice = "auto"):
         self.model = model
+        if fused and not supports(model):
+            raise ValueError(f"fused decoding does not support {type(model).__name__}; use fused=None or False")
+        self.fused = supports(model) if fused is None else bool(fused)
+        """Sample through :class:`FusedDecoder` (adapters folded in, q/k/v and gate/up fused): measured
+        faster on CPU. None: wherever the architecture is supported."""
+        ref = next(model.parameters())
+        self.onednn = self.fused and choose(cpu_matmul, ref.device, ref.dtype)
+        """The fused decoder's products go through oneDNN (``training.cpu_matmul``; :mod:`agentrft.models.onednn`)."""
+        self._decoder: FusedDecoder | None = None
         self.pad_token_id = int(pad_token_id)
         self.max_batch_size = max_batch_size
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 8192))
@@ -112,6 +123,23 @@ class HFSampler:
     def reset_cache(self) -> None:
         self._cache.clear()
         self._shared.clear()
+
+    def release(self) -> None:
+        """Drop what was built for the current weights (prefix cache, fused weights): call before training on
+        them, so the update's memory peak does not carry them (both would be rebuilt anyway)."""
+        self.reset_cache()
+        self._decoder = None
+        self._cache_weights_version = None
+
+    def _forward(self, input_ids, attention_mask, position_ids, past) -> torch.Tensor:
+        """Next-token logits [B, V] of the last position; ``past`` gains the new keys/values."""
+        if self.fused:
+            if self._decoder is None:
+                self._decoder = FusedDecoder(self.model, onednn=self.onednn)
+            return self._decoder.forward(input_ids, attention_mask, position_ids, past)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past, use_cache=True, **self._keep_last)
+        return out.logits[:, -1, :]
 
     def _weights_version(self) -> int:
         return sum(p._version for p in self.model.parameters())
@@ -139,7 +167,7 @@ class HFSampler:
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
         version = self._weights_version()
         if version != self._cache_weights_version:
-            self.reset_cache()
+            self.release()
             self._cache_weights_version = version
         out: list[Completion] = []
         gen = torch.Generator(device="cpu")
@@ -192,10 +220,7 @@ class HFSampler:
         for _ in range(max_new):
             # logits_to_keep=1: the prefill needs the next-token logits of the last position only; the full
             # [B, S, V] logits of a 400-token prompt would be most of the prefill's FLOPs and memory.
-            outputs = model(input_ids=step_ids, attention_mask=attn, position_ids=step_pos, past_key_values=past,
-                            use_cache=True, **self._keep_last)
-            past = outputs.past_key_values
-            logits = outputs.logits[:, -1, :].float()  # [B, V]
+            logits = self._forward(step_ids, attn, step_pos, past).float()  # [B, V]
             next_tok, next_logp = self._sample(logits, params, gen)  # [B], [B]
             next_tok = torch.where(finished, torch.full_like(next_tok, self.pad_token_id), next_tok)
             for i in range(B):
@@ -242,11 +267,11 @@ class HFSampler:
         was_training = model.training
         model.eval()
         ids = torch.tensor([list(first[:n])], dtype=torch.long, device=self.device)
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=_new_cache(), use_cache=True,
-                    **self._keep_last)
+        past = _new_cache()
+        self._forward(ids, torch.ones_like(ids), torch.arange(n, device=self.device)[None], past)
         if was_training:
             model.train()
-        kv = [(layer.keys[0].clone(), layer.values[0].clone()) for layer in out.past_key_values.layers]
+        kv = [(layer.keys[0].clone(), layer.values[0].clone()) for layer in past.layers]
         self._store(tuple(first[:n]), kv)
         self._shared.add(tuple(first[:n]))
         self.stats["shared_prefix_tokens"] += n

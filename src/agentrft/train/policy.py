@@ -18,6 +18,7 @@ from agentrft.config import JobConfig
 from agentrft.errors import ConfigError
 from agentrft.models.chat_format import get_chat_format
 from agentrft.models.loading import load_model
+from agentrft.models.onednn import choose, use_onednn
 
 
 @dataclass
@@ -87,6 +88,8 @@ def build_policy(cfg: JobConfig, model=None, tokenizer=None) -> Policy:
         for p in model.parameters():
             p.requires_grad_(True)
     model.config.use_cache = True
+    if choose(cfg.training.cpu_matmul, device, dtype):
+        use_onednn(model)  # every nn.Linear, adapters' included: forward, backward and eval
     return Policy(model, tokenizer, get_chat_format(tokenizer, cfg.chat_format), device, dtype, is_lora)
 
 

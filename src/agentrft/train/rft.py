@@ -100,6 +100,8 @@ class RFTMethod:
 
         # 4-5. loss and optimizer ---------------------------------------------
         t0 = time.perf_counter()
+        if train_idx and hasattr(ctx.sampler, "release"):
+            ctx.sampler.release()  # what it built for these weights is stale after the update: free it first
         train_stats = self._update(ctx, [trajs[i] for i in train_idx], train_adv, rcfg.temperature) if train_idx else {
             "loss": 0.0, "skipped": 0.0, "grad_norm": 0.0}
         training_s = time.perf_counter() - t0

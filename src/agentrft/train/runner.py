@@ -156,7 +156,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
         env = external_env_spec(train_rows, load_tools_config(cfg.tools), grade)
 
     method = _methods()[cfg.method]
-    sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id)
+    sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id, cpu_matmul=cfg.training.cpu_matmul)
     ctx = TrainContext(cfg, policy, env, grade, None, None, sampler, store)  # type: ignore[arg-type]
     ctx.items = method.prepare(ctx, train_rows)
     total = cfg.training.max_steps or steps_per_epoch(len(ctx.items), cfg.training.batch_size) * cfg.training.n_epochs
