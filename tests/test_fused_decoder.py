@@ -73,6 +73,14 @@ def test_logits_match_the_models_forward_with_padding_holes(name):
     assert _compare(model, FusedDecoder(model), ids, attn, pos) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_a_plain_causal_prefill_matches_too(name):
+    """No cache and no padding takes SDPA's causal kernel instead of a mask."""
+    model = MODELS[name]()
+    ids = torch.randint(3, 120, (2, 11), generator=torch.Generator().manual_seed(4))
+    assert _compare(model, FusedDecoder(model), ids, torch.ones_like(ids), torch.arange(11).expand(2, 11)) < 1e-4
+
+
 def test_adapters_are_folded_in_and_the_model_is_not_modified():
     model = MODELS["llama_lora"]()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

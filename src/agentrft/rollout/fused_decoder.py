@@ -153,15 +153,18 @@ class FusedDecoder:
         x = F.embedding(input_ids, self.embed)  # [B, S, E]
         cos, sin = self.rotary(x, position_ids)  # [B, S, D]
         cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-        allowed = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]
-        if S > 1:  # causal within the new tokens; cached columns are all in the past
-            L = attention_mask.shape[1]
-            causal = torch.ones(S, L, dtype=torch.bool, device=x.device).tril(L - S)
-            allowed = allowed & causal
-        # the dtype's minimum, not -inf: a padding query that may attend to nothing gets a finite (unused)
-        # output instead of NaN, and NaN keys/values would poison every row through 0 * NaN
-        bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed,
-                                                                                        torch.finfo(x.dtype).min)
+        L = attention_mask.shape[1]
+        # a plain causal prefill (no cache, no padding): SDPA's causal kernel skips the masked half
+        plain_causal = S > 1 and S == L and bool(attention_mask.all())
+        bias = None
+        if not plain_causal:
+            allowed = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, L]
+            if S > 1:  # causal within the new tokens; cached columns are all in the past
+                allowed = allowed & torch.ones(S, L, dtype=torch.bool, device=x.device).tril(L - S)
+            # the dtype's minimum, not -inf: a padding query that may attend to nothing gets a finite (unused)
+            # output instead of NaN, and NaN keys/values would poison every row through 0 * NaN
+            bias = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed,
+                                                                                            torch.finfo(x.dtype).min)
         half, linear = D // 2, self.linear
         for i, lw in enumerate(self.layers):
             h = F.rms_norm(x, (x.shape[-1],), lw.ln1, self.eps)
@@ -176,7 +179,8 @@ class FusedDecoder:
                 attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale).reshape(B, 1, Hq * D)
             else:
                 q = qk[:, :, :Hq].transpose(1, 2)  # [B, Hq, S, D]
-                attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale, enable_gqa=True)
+                attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale, enable_gqa=True,
+                                                      is_causal=plain_causal)
                 attn = attn.transpose(1, 2).reshape(B, S, Hq * D)
             x = x + linear(attn, lw.w_o, lw.b_o)
             h = F.rms_norm(x, (x.shape[-1],), lw.ln2, self.eps)
