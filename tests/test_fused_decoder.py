@@ -145,3 +145,8 @@ def test_release_drops_the_fused_weights_and_the_prefix_cache():
     assert s._decoder is not None and s._cache
     s.release()
     assert s._decoder is None and not s._cache
+
+
+def test_only_float32_models_are_fused_by_default():
+    assert HFSampler(MODELS["llama"](), pad_token_id=0).fused is True
+    assert HFSampler(MODELS["llama"]().to(torch.bfloat16), pad_token_id=0).fused is False
