@@ -150,3 +150,27 @@ def test_release_drops_the_fused_weights_and_the_prefix_cache():
 def test_only_float32_models_are_fused_by_default():
     assert HFSampler(MODELS["llama"](), pad_token_id=0).fused is True
     assert HFSampler(MODELS["llama"]().to(torch.bfloat16), pad_token_id=0).fused is False
+
+
+def test_after_a_fused_adamw_step_the_sampler_draws_from_the_new_weights():
+    """Fused AdamW writes without bumping version counters: optimizer_step must drop the fused copy itself."""
+    from types import SimpleNamespace
+
+    from agentrft.train.optim import optimizer_step
+
+    model = MODELS["llama"]()
+    sampler = HFSampler(model, pad_token_id=0, fused=True)
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    before = sampler.generate([[5, 6, 7]], params)[0]
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    versions = [p._version for p in model.parameters()]
+    model(torch.tensor([[5, 6, 7, 8]]), labels=torch.tensor([[5, 6, 7, 8]])).loss.backward()
+    policy = SimpleNamespace(trainable_parameters=lambda: list(model.parameters()))
+    ctx = SimpleNamespace(policy=policy, optimizer=opt, scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                          sampler=sampler, cfg=SimpleNamespace(optim=SimpleNamespace(max_grad_norm=1.0)))
+    assert optimizer_step(ctx)[0]
+    assert [p._version for p in model.parameters()] == versions  # why the explicit release is needed
+    after = sampler.generate([[5, 6, 7]], params)[0]
+    ref = HFSampler(model, pad_token_id=0, fused=False).generate([[5, 6, 7]], params)[0]
+    assert torch.allclose(torch.tensor(after.logprobs), torch.tensor(ref.logprobs), atol=1e-4)
+    assert not torch.allclose(torch.tensor(after.logprobs), torch.tensor(before.logprobs), atol=1e-3)

@@ -102,11 +102,14 @@ def optimizer_step(ctx, skip: bool = False) -> tuple[bool, float]:
         ctx.optimizer.zero_grad(set_to_none=True)
         return False, norm_f
     ctx.optimizer.step()
-    # The sampler's prefix cache holds keys/values computed with the old weights. It also watches the
-    # parameters' version counters, but fused optimizer kernels write without bumping them (measured:
-    # torch 2.13's fused AdamW leaves ``_version`` unchanged), so say it explicitly.
+    # The sampler's prefix cache holds keys/values computed with the old weights, and its fused decoder a
+    # copy of the old weights. It also watches the parameters' version counters, but fused optimizer kernels
+    # write without bumping them (measured: torch 2.13's fused AdamW leaves ``_version`` unchanged), so say
+    # it explicitly.
     sampler = getattr(ctx, "sampler", None)
-    if sampler is not None and hasattr(sampler, "reset_cache"):
+    if sampler is not None and hasattr(sampler, "release"):
+        sampler.release()
+    elif sampler is not None and hasattr(sampler, "reset_cache"):
         sampler.reset_cache()
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
