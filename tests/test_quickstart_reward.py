@@ -5,7 +5,7 @@ import pytest
 from agentrft.envs.finance import load_split
 from agentrft.envs.finance.oracles import answer_text
 from agentrft.quickstart import cost_aware_reward, read_the_evidence
-from agentrft.types import ToolCall, ToolCallRecord, ToolError, ToolErrorKind, Trajectory
+from agentrft.types import StopReason, ToolCall, ToolCallRecord, ToolError, ToolErrorKind, Trajectory
 
 
 @pytest.fixture(scope="module")
@@ -13,14 +13,15 @@ def row():
     return load_split("validation")[0]
 
 
-def rollout(row, answer: str, reads: list[str], searches: int = 1, failed_reads: tuple[str, ...] = ()) -> Trajectory:
+def rollout(row, answer: str, reads: list[str], searches: int = 1, failed_reads: tuple[str, ...] = (),
+            stop: StopReason = StopReason.ANSWER) -> Trajectory:
     calls = [ToolCallRecord(ToolCall("search", {"query": row["company"]}, f"s{i}"), turn=i, result="...")
              for i in range(searches)]
     calls += [ToolCallRecord(ToolCall("read", {"doc_id": d}, f"r{i}"), turn=searches + i, result="...") for i, d in enumerate(reads)]
     calls += [ToolCallRecord(ToolCall("read", {"doc_id": d}, f"f{i}"), turn=99, result="unknown",
                              error=ToolError(ToolErrorKind.TOOL_ERROR, "unknown doc_id")) for i, d in enumerate(failed_reads)]
     messages = row["messages"] + [{"role": "assistant", "content": answer}]
-    return Trajectory(task_id=row["id"], messages=messages, tool_calls=calls)
+    return Trajectory(task_id=row["id"], messages=messages, tool_calls=calls, stop_reason=stop)
 
 
 def test_read_the_evidence_is_forgiving_about_form_only(row):
@@ -52,6 +53,16 @@ def test_no_efficiency_credit_without_the_evidence(row):
     assert no_tools.reward == 0.0 and wrong_doc.reward == 0.0
     with pytest.raises(ValueError, match="correctness_weight"):
         cost_aware_reward(0.1, correctness_weight=0.0)
+
+
+def test_no_efficiency_credit_without_an_answer(row):
+    """Reading the gold filing and then calling until max_turns must not beat answering wrongly."""
+    grade = cost_aware_reward(cost=0.15)
+    gold = row["gold_doc_id"]
+    stalled = grade(rollout(row, "", ["PR-A", "10K-B", gold, gold], searches=3, stop=StopReason.MAX_TURNS), row)
+    wrong = grade(rollout(row, "0.001", ["PR-A", "10K-B", gold], searches=2), row)
+    assert stalled.reward == 0.0 and stalled.sub_rewards["efficiency"] == 0.0
+    assert wrong.reward > stalled.reward
 
 
 def test_split_turns_charges_each_detour_on_its_turn_and_sums_to_the_reward(row):

@@ -41,7 +41,7 @@ from agentrft.evaluation import evaluate_rows, summarize, write_eval_outputs
 from agentrft.graders.numeric import grade_numeric
 from agentrft.rollout.episode import RolloutConfig
 from agentrft.rollout.hf_sampler import HFSampler
-from agentrft.types import Grade, TaskRow, Trajectory
+from agentrft.types import Grade, StopReason, TaskRow, Trajectory
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,13 @@ def cost_aware_reward(cost: float, correctness_weight: float = 0.7, free_calls: 
     Why gated on the evidence: efficiency alone pays for answering without
     looking anything up; counting it only when the gold filing was read pays
     for finding the evidence with fewer calls, never for skipping it.
+    Why gated on an answer too: a rollout that reads the gold filing and then
+    calls until ``max_turns`` never answers, yet earned 0.3 x (1 - 5 x cost)
+    for its reading, more than a wrong answer earns; in groups where no one
+    was right RFT reinforced not answering, and one quickstart run (stop 10,
+    seed 2) collapsed into every rollout calling until ``max_turns`` (0 %
+    accuracy, 7.00 calls). Only rollouts that end with an answer
+    (``StopReason.ANSWER``) earn efficiency.
 
     ``split_turns``: also split the reward over the assistant turns
     (``Grade.turn_rewards``, for ``rft.credit: per_turn``): each call beyond
@@ -116,7 +123,7 @@ def cost_aware_reward(cost: float, correctness_weight: float = 0.7, free_calls: 
     def grade(traj: Trajectory, row: TaskRow) -> Grade:
         g = grade_numeric(traj, row)
         extra = max(0, len(traj.tool_calls) - free_calls)
-        read = read_the_evidence(traj, row)
+        read = read_the_evidence(traj, row) and traj.stop_reason is StopReason.ANSWER
         efficiency = max(0.0, 1.0 - cost * extra) if read else 0.0
         correctness = g.sub_rewards.get("numeric", g.reward)
         g.sub_rewards["efficiency"] = efficiency
