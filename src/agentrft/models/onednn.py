@@ -4,7 +4,8 @@ Why: PyTorch's CPU ``F.linear`` calls MKL's sgemm. On the AMD EPYC machines
 we develop and test on, MKL runs well below the chip's AVX-512 throughput
 (~195 GFLOP/s for a 4096x576 @ 576x1536 product), while oneDNN -- also inside
 every PyTorch CPU wheel -- reaches ~400 GFLOP/s on the same product, and 1.9x
-MKL at the batch-16 shapes of decoding (measured; ``bench/grpo_vs_trl.py`` times the 2048^3 product through both).
+MKL at the batch-16 shapes of decoding (measured; ``bench/grpo_vs_trl.py``
+times a 2048^3 product through both in every run).
 Every forward, backward and sampling step of a small model is mostly these
 products, so routing them through oneDNN speeds up the whole CPU path.
 
