@@ -57,19 +57,19 @@ def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torc
 
 
 @functools.lru_cache(maxsize=1)
-def _verdict() -> tuple[bool, str]:
-    """(oneDNN usable and faster here, why): one check and one timing per process."""
+def _verdict() -> tuple[bool, bool, str]:
+    """(oneDNN usable, usable and faster here, why): one check and one timing per process."""
     if onednn_op() is None:
-        return False, "this PyTorch build has no oneDNN linear op"
+        return False, False, "this PyTorch build has no oneDNN linear op"
     gen = torch.Generator().manual_seed(0)
     x, w, b, g = (torch.randn(s, generator=gen) for s in ((37, 64), (48, 64), (48,), (37, 48)))
     try:  # the three products of forward and backward, with the strides they have there
         ok = all(torch.allclose(a, r, atol=1e-4, rtol=1e-4) for a, r in (
             (_mm(x, w, b), x @ w.T + b), (_mm(g, w.T), g @ w), (_mm(g.T, x.T), g.T @ x)))
     except RuntimeError as exc:
-        return False, f"oneDNN linear failed its check: {exc}"
+        return False, False, f"oneDNN linear failed its check: {exc}"
     if not ok:
-        return False, "oneDNN linear disagrees with torch.mm on the check product"
+        return False, False, "oneDNN linear disagrees with torch.mm on the check product"
     x, w = torch.randn(512, 576, generator=gen), torch.randn(1536, 576, generator=gen)
 
     def best(f) -> float:
@@ -82,16 +82,16 @@ def _verdict() -> tuple[bool, str]:
         return min(times)
 
     t_dnn, t_mkl = best(lambda: _mm(x, w)), best(lambda: F.linear(x, w))
-    return t_dnn < t_mkl, f"oneDNN {t_dnn * 1e3:.2f} ms vs MKL {t_mkl * 1e3:.2f} ms on a 512x576x1536 product"
+    return True, t_dnn < t_mkl, f"oneDNN {t_dnn * 1e3:.2f} ms vs MKL {t_mkl * 1e3:.2f} ms on a 512x576x1536 product"
 
 
 def choose(setting: Choice, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> bool:
     """Whether to route linear layers through oneDNN for ``training.cpu_matmul: setting``."""
     if torch.device(device).type != "cpu" or dtype != torch.float32 or setting == "mkl":
         return False
-    faster, why = _verdict()
+    usable, faster, why = _verdict()
     if setting == "onednn":
-        if onednn_op() is None or why.startswith(("oneDNN linear failed", "oneDNN linear disagrees", "this PyTorch")):
+        if not usable:
             raise ConfigError(f"training.cpu_matmul: onednn is not usable here: {why}; use auto or mkl")
         return True
     return faster

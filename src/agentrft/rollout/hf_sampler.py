@@ -100,10 +100,10 @@ class HFSampler:
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 16, max_context: int | None = None,
                  prefix_cache_tokens: int = 65_536, fused: bool | None = None, cpu_matmul: Choice = "auto"):
         self.model = model
-        if fused and not supports(model):
+        supported, ref = supports(model), next(model.parameters())
+        if fused and not supported:
             raise ValueError(f"fused decoding does not support {type(model).__name__}; use fused=None or False")
-        ref = next(model.parameters())
-        self.fused = supports(model) and ref.dtype == torch.float32 if fused is None else bool(fused)
+        self.fused = supported and ref.dtype == torch.float32 if fused is None else bool(fused)
         """Sample through :class:`FusedDecoder` (adapters folded in, q/k/v and gate/up fused; with oneDNN
         1.8x faster decoding on CPU, measured). None: float32 models of a supported architecture (in
         bfloat16 transformers upcasts inside its norms, which the fused forward does not copy)."""
