@@ -8,6 +8,10 @@ see real token ids while model forward passes cost milliseconds.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
 import pytest
 
 
@@ -28,3 +32,31 @@ def tiny_model():
     from agentrft.models.loading import make_tiny_model
 
     return make_tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def openai_server():
+    """``with openai_server(app) as client``: ``app`` served by uvicorn on 127.0.0.1 (a free port) in a
+    thread, and an official ``openai.OpenAI`` client pointed at it (no retries)."""
+
+    @contextlib.contextmanager
+    def serve(app):
+        import openai
+        import uvicorn
+
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.time() + 20
+        while not server.started:
+            if not thread.is_alive() or time.time() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        try:
+            yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=20)
+
+    return serve

@@ -73,7 +73,9 @@ def tasks_cmd(env_name, split, limit, out):
 def rollout_options(f):
     """Options shared by the commands that roll out a model."""
     opts = [
-        click.option("--model", default="smollm2-135m", show_default=True, help="Bundled model name or local HF model folder."),
+        click.option("--model", default="smollm2-135m", show_default=True,
+                     help="Bundled model name, local HF model folder, or a training run directory (RUN_DIR or "
+                          "RUN_DIR@step=N for an earlier checkpoint)."),
         click.option("--env", "env_name", default="finance", show_default=True, help="Built-in environment."),
         click.option("--split", default="validation", show_default=True),
         click.option("--temperature", type=float, default=0.7, show_default=True),
@@ -89,13 +91,20 @@ def rollout_options(f):
     return f
 
 
-def _build(model: str, chat_format: str):
+def _load(model: str, chat_format: str):
+    """``(LoadedModel, ChatFormat)`` for --model (a run directory included); ``auto`` keeps a run's own format."""
+    from agentrft.jobs.trained import load_any_model
     from agentrft.models.chat_format import get_chat_format
-    from agentrft.models.loading import load_model
+
+    loaded = load_any_model(model)
+    return loaded, get_chat_format(loaded.tokenizer, loaded.chat_format if chat_format == "auto" else chat_format)
+
+
+def _build(model: str, chat_format: str):
     from agentrft.rollout.hf_sampler import HFSampler
 
-    lm, tok = load_model(model)
-    return HFSampler(lm, pad_token_id=tok.pad_token_id), get_chat_format(tok, chat_format)
+    loaded, cf = _load(model, chat_format)
+    return HFSampler(loaded.model, pad_token_id=loaded.tokenizer.pad_token_id), cf
 
 
 def _rollout_config(temperature, top_p, max_turns, max_new_tokens, max_total_tokens, seed):
@@ -320,6 +329,60 @@ def quickstart_cmd(out, model, test_tasks, sft_steps, rft_steps):
         lo, hi = result[stage]["accuracy_ci95"]
         click.echo(f"{stage:>9}: accuracy {result[stage]['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={n})")
     click.echo(f"total wall time {result['wall_s']:.0f} s; wrote {Path(out) / 'quickstart.json'}")
+
+
+@main.command("export")
+@click.argument("run_dir")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="New (or empty) folder to write.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+def export_cmd(run_dir, out, dtype):
+    """Write RUN_DIR's model (RUN_DIR@step=N: that checkpoint) as a plain Hugging Face folder, LoRA merged.
+
+    transformers and vLLM load the folder with no agentrft code; its chat template renders what the run
+    trained on. ``--model FOLDER`` loads it back here.
+    """
+    from agentrft.jobs.trained import export_run
+
+    try:
+        folder = export_run(run_dir, out, dtype=dtype)
+    except AgentRFTError as e:
+        _fail(e)
+    click.echo(f"wrote {folder}")
+
+
+@main.command("serve")
+@click.option("--model", default="smollm2-135m", show_default=True,
+              help="Bundled model name, HF model folder (an export), or a run directory (RUN_DIR[@step=N]).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--served-name", default=None, help="The name clients pass as `model` (default: the --model text).")
+@click.option("--chat-format", default="auto", show_default=True, type=click.Choice(["auto", "hermes", "template"]))
+@click.option("--max-batch-size", type=int, default=8, show_default=True,
+              help="Most sequences decoded together (waiting requests with the same settings are batched).")
+@click.option("--default-max-tokens", type=int, default=512, show_default=True,
+              help="Completion length limit when a request sets no max_tokens.")
+def serve_cmd(model, host, port, served_name, chat_format, max_batch_size, default_max_tokens):
+    """Serve MODEL behind an OpenAI-compatible API: GET /v1/models, POST /v1/chat/completions (tools included)."""
+    import uvicorn
+
+    from agentrft.rollout.hf_sampler import HFSampler
+    from agentrft.serving import ServerSettings, create_app
+
+    try:
+        if max_batch_size < 1 or default_max_tokens < 1:
+            raise AgentRFTError("--max-batch-size and --default-max-tokens must be >= 1")
+        t0 = time.perf_counter()
+        loaded, cf = _load(model, chat_format)
+        sampler = HFSampler(loaded.model, pad_token_id=loaded.tokenizer.pad_token_id, max_batch_size=max_batch_size,
+                            prefix_cache_tokens=8192)
+        settings = ServerSettings(model_name=served_name or model, max_batch_size=max_batch_size,
+                                  default_max_tokens=default_max_tokens)
+        app = create_app(sampler, cf, settings)
+    except AgentRFTError as e:
+        _fail(e)
+    click.echo(f"loaded {loaded.description} in {time.perf_counter() - t0:.1f} s (chat format {cf.name})")
+    click.echo(f"serving {settings.model_name!r} at http://{host}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def _register_groups() -> None:

@@ -183,7 +183,8 @@ def probe_cmd(spec: str, data: str, threshold: float, reference_key: str | None,
 
 @grader.command("variance")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--model", default="smollm2-135m", show_default=True, help="Bundled model name or local HF model folder.")
+@click.option("--model", default="smollm2-135m", show_default=True,
+              help="Bundled model name, local HF model folder, or a training run directory (RUN_DIR[@step=N]).")
 @click.option("--env", "env_name", default="finance", show_default=True)
 @click.option("--split", default="validation", show_default=True)
 @click.option("--limit", default=16, show_default=True, help="Tasks to sample.")
@@ -205,8 +206,8 @@ def variance_cmd(spec: str, model: str, env_name: str, split: str, limit: int, s
     from agentrft.envs.registry import get_env
     from agentrft.errors import AgentRFTError
     from agentrft.evaluation import evaluate_rows
+    from agentrft.jobs.trained import load_any_model
     from agentrft.models.chat_format import get_chat_format
-    from agentrft.models.loading import load_model
     from agentrft.rollout.episode import RolloutConfig
     from agentrft.rollout.hf_sampler import HFSampler
 
@@ -214,12 +215,14 @@ def variance_cmd(spec: str, model: str, env_name: str, split: str, limit: int, s
     try:
         env = get_env(env_name)
         rows = env.load_split(split)[:limit]
-        lm, tok = load_model(model)
+        loaded = load_any_model(model)  # a run directory samples with the run's weights and chat format
+        chat_format = get_chat_format(loaded.tokenizer, loaded.chat_format)
     except AgentRFTError as e:
         _fail(str(e))
     cfg = RolloutConfig(max_turns=max_turns, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    graded = evaluate_rows(rows, env, HFSampler(lm, pad_token_id=tok.pad_token_id), get_chat_format(tok), cfg,
-                           samples=samples, batch_size=max(samples, 8), grade=g.grade)
+    sampler = HFSampler(loaded.model, pad_token_id=loaded.tokenizer.pad_token_id)
+    graded = evaluate_rows(rows, env, sampler, chat_format, cfg, samples=samples, batch_size=max(samples, 8),
+                           grade=g.grade)
     report = variance_report(graded, samples)
     click.echo(f"grader {g.name!r} version {g.version}: {len(rows)} tasks x {samples} samples")
     click.echo(f"  mean reward {report['reward_mean']:.3f}; mean per-task std {report['per_task_std_mean']:.3f}")

@@ -396,6 +396,25 @@ def load_latest_checkpoint(run_dir: str | os.PathLike[str], *, verify_hashes: bo
         "restore a checkpoint folder, or move the run directory aside to start fresh.")
 
 
+def load_checkpoint(run_dir: str | os.PathLike[str], step: int, *, verify_hashes: bool = True) -> CheckpointInfo:
+    """The checkpoint of ``step``, verified against its manifest (e.g. to serve or export an earlier step).
+
+    Raises :class:`CheckpointError` naming the steps on disk when that one is missing (retention may have
+    removed it) or damaged.
+    """
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    folder = root / step_dir_name(step)
+    if not folder.is_dir():
+        steps = sorted(s for s, _ in _step_dirs(root)) if root.is_dir() else []
+        have = ", ".join(map(str, steps)) if steps else "none"
+        raise CheckpointError(f"{run_dir} has no checkpoint of step {step} (checkpoints on disk: steps {have}; "
+                              "retention keeps the latest and the best training.keep_best_k)")
+    problem = _verify(folder, verify_hashes)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {folder} is damaged: {problem}")
+    return _info(folder, [])
+
+
 def _verify(folder: Path, verify_hashes: bool) -> str | None:
     """None if the manifest matches the folder; otherwise what is wrong."""
     try:

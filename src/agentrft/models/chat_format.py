@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "HERMES_CHAT_TEMPLATE",
     "ChatFormat",
     "HermesChatFormat",
     "ParsedAssistant",
@@ -339,6 +340,58 @@ def hermes_tools_block(tools: Sequence[dict]) -> str:
     """The system-prompt section that lists tool schemas (one JSON object per line)."""
     lines = "\n".join(json.dumps(normalize_tool_schema(t), ensure_ascii=False) for t in tools)
     return HERMES_TOOLS_PREAMBLE + lines + HERMES_TOOLS_POSTAMBLE
+
+
+def _jinja_literal(text: str) -> str:
+    """``text`` as a Jinja string literal (JSON escapes are valid Jinja escapes)."""
+    return json.dumps(text)
+
+
+HERMES_CHAT_TEMPLATE = (
+    "{%- macro text(content) -%}{%- if content is string -%}{{- content -}}{%- elif content -%}"
+    "{%- for part in content -%}{%- if part is string -%}{{- part -}}{%- else -%}{{- part.text -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}{%- endmacro -%}"
+    "{%- set ns = namespace(start=0) -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages and messages[0].role in ['system', 'developer'] -%}"
+    "{%- set system = text(messages[0].content) -%}"
+    "{%- if system -%}{{- system + '\\n\\n' -}}{%- endif -%}"
+    "{%- set ns.start = 1 -%}"
+    "{%- endif -%}"
+    "{{- " + _jinja_literal(HERMES_TOOLS_PREAMBLE) + " -}}"
+    "{%- for tool in tools -%}{%- if not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- if tool.function is defined -%}{{- tool | tojson -}}"
+    "{%- else -%}{{- {'type': 'function', 'function': tool} | tojson -}}{%- endif -%}{%- endfor -%}"
+    "{{- " + _jinja_literal(HERMES_TOOLS_POSTAMBLE + "<|im_end|>\n") + " -}}"
+    "{%- endif -%}"
+    "{%- for message in messages[ns.start:] -%}"
+    "{%- if message.role == 'tool' -%}"
+    "{%- if loop.first or loop.previtem.role != 'tool' -%}{{- '<|im_start|>tool\\n' -}}{%- else -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_response>\\n' + text(message.content) + '\\n</tool_response>' -}}"
+    "{%- if loop.last or loop.nextitem.role != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- elif message.role == 'assistant' -%}"
+    "{%- set content = text(message.content) -%}"
+    "{{- '<|im_start|>assistant\\n' + content -}}"
+    "{%- for call in message.tool_calls or [] -%}"
+    "{%- if content or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{%- set fn = call.function if call.function is defined else call -%}"
+    "{{- '<tool_call>\\n{\"name\": ' + (fn.name | tojson) + ', \"arguments\": ' -}}"
+    "{%- if fn.arguments is string -%}{{- fn.arguments -}}{%- else -%}{{- fn.arguments | tojson -}}{%- endif -%}"
+    "{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- elif message.role in ['system', 'developer', 'user'] -%}"
+    "{{- '<|im_start|>' + ('system' if message.role == 'developer' else message.role) + '\\n' "
+    "+ text(message.content) + '<|im_end|>\\n' -}}"
+    "{%- else -%}{{- raise_exception('unsupported message role ' + message.role) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+"""The Hermes format as a Jinja chat template, for exported model folders (``agentrft export``): with it,
+``tokenizer.apply_chat_template`` (transformers, vLLM) renders the same text as :meth:`HermesChatFormat.render_text`
+(tested), so a model trained in this format is prompted the same way outside agentrft."""
 
 
 class HermesChatFormat(_TokenizerFormat):

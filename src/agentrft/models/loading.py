@@ -134,6 +134,10 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
 
 
 def _not_found_message(name_or_path: object, path: Path) -> str:
+    if (path / "run.db").is_file():
+        return (f"{str(path)!r} is an agentrft run directory, not a Hugging Face model folder: the CLI's --model "
+                "loads it (agentrft.jobs.load_any_model in Python; `agentrft export` writes a model folder), and a "
+                "training config starts from it with init_from")
     if path.is_dir():
         why = f"{str(path)!r} is a folder but has no config.json (not a Hugging Face model folder)"
     elif path.exists():

@@ -1,0 +1,267 @@
+"""The OpenAI-compatible server, driven by the official openai SDK against a real uvicorn server.
+
+Parsing and formatting tests script the sampler (a random tiny model never
+writes a well-formed tool call); generation tests use the real tiny model:
+answers equal a direct sampler call, concurrent requests are batched and still
+each get their own answer, seeds reproduce, usage counts the tokens.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from agentrft.models.chat_format import HERMES_CHAT_TEMPLATE, HermesChatFormat, TemplateChatFormat, get_chat_format
+from agentrft.rollout.episode import RolloutConfig, run_episodes
+from agentrft.rollout.hf_sampler import HFSampler
+from agentrft.rollout.sampler import SamplingParams, ScriptedSampler
+from agentrft.serving import ServerSettings, create_app
+from agentrft.tools.environment import Environment
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def chat_format(tokenizer):
+    return get_chat_format(tokenizer, "hermes")
+
+
+@pytest.fixture(scope="module")
+def real(tiny_model, chat_format, openai_server):
+    """(client, app, sampler twin) for the tiny model; the twin is a second sampler for reference answers."""
+    model, tok = tiny_model
+    app = create_app(HFSampler(model, pad_token_id=tok.pad_token_id, max_batch_size=8), chat_format,
+                     ServerSettings(model_name="tiny", batch_window_s=0.2))
+    with openai_server(app) as client:
+        yield client, app, HFSampler(model, pad_token_id=tok.pad_token_id, prefix_cache_tokens=0)
+
+
+def scripted_app(chat_format, texts: list[str], **settings):
+    """An app whose 'model' answers ``texts`` in order (each closed with the end-of-turn token)."""
+    ids = [chat_format.tokenizer.encode(t, add_special_tokens=False) + [chat_format.stop_token_ids[0]] for t in texts]
+    sampler = ScriptedSampler(ids)
+    settings = {"max_context": 4096, **settings}
+    return create_app(sampler, chat_format, ServerSettings(model_name="scripted", **settings)), sampler
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "system", "content": "You are terse."}, {"role": "user", "content": text}]
+
+
+# -- the real tiny model ------------------------------------------------------------------------
+
+
+def test_models_list(real):
+    client, _, _ = real
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+
+
+def test_plain_completion_is_the_samplers_answer_and_usage_counts_tokens(real, chat_format):
+    client, _, twin = real
+    messages = user("Name a colour.")
+    r = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=9)
+    prompt = chat_format.prompt_tokens(messages)
+    (ref,) = twin.generate([prompt], SamplingParams(temperature=0, max_new_tokens=9,
+                                                    stop_token_ids=chat_format.stop_token_ids))
+    body = ref.token_ids[:-1] if ref.finish_reason == "stop" else ref.token_ids
+    assert r.choices[0].message.content == chat_format.decode(body)
+    assert r.choices[0].finish_reason == ref.finish_reason
+    assert r.choices[0].message.tool_calls is None
+    assert r.usage.prompt_tokens == len(prompt)
+    assert r.usage.completion_tokens == len(ref.token_ids)
+    assert r.usage.total_tokens == len(prompt) + len(ref.token_ids)
+    assert r.model == "tiny" and r.object == "chat.completion"
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(real):
+    client, app, _ = real
+    questions = [f"Question {i}: what is {i} + {i}?" * (1 + i % 3) for i in range(6)]
+
+    def ask(i: int) -> tuple[str, int]:
+        r = client.chat.completions.create(model="tiny", messages=user(questions[i]), temperature=0, max_tokens=6 + i)
+        return r.choices[0].message.content, r.usage.completion_tokens
+
+    sequential = [ask(i) for i in range(6)]
+    calls_before = app.state.engine.stats["calls"]
+    with ThreadPoolExecutor(6) as pool:
+        concurrent = list(pool.map(ask, range(6)))
+    stats = app.state.engine.stats
+    assert concurrent == sequential
+    assert [n for _, n in sequential] == [6 + i for i in range(6)]  # each cut to its own max_tokens
+    assert stats["calls"] - calls_before < 6 and stats["largest_call"] > 1  # really batched
+
+
+def test_seed_reproduces_sampling_and_n_gives_n_choices(real):
+    client, _, _ = real
+
+    def sample(seed: int | None, n: int = 1) -> list[str]:
+        r = client.chat.completions.create(model="tiny", messages=user("Tell me a story."), temperature=1.0,
+                                           seed=seed, max_tokens=8, n=n)
+        assert len(r.choices) == n and [c.index for c in r.choices] == list(range(n))
+        return [c.message.content for c in r.choices]
+
+    alone = sample(7)
+    assert alone == sample(7)
+    assert alone != sample(8)
+    three = sample(11, n=3)
+    assert three == sample(11, n=3) and len(set(three)) == 3
+    # a seeded request arriving with others is not batched with them: its draws stay its own
+    with ThreadPoolExecutor(4) as pool:
+        crowd = [pool.submit(sample, None), pool.submit(sample, 7), pool.submit(sample, None, 2)]
+        assert crowd[1].result() == alone
+
+
+def test_errors_are_openai_errors_and_the_server_keeps_serving(real):
+    client, _, _ = real
+    ok = dict(model="tiny", messages=user("hi"), max_tokens=2)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(**{**ok, "model": "gpt-4o"})
+    assert e.value.code == "model_not_found" and "tiny" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**ok, temperature=5)
+    assert e.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**ok, tools=[WEATHER_TOOL], tool_choice="required")
+    assert e.value.param == "tool_choice" and "not supported" in e.value.message
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.chat.completions.create(**ok, stream=True)
+    bad_requests = [
+        dict(messages=[{"role": "wizard", "content": "hi"}]),
+        dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+        dict(messages=[{"role": "tool", "content": "42"}]),  # no tool_call_id
+        dict(messages=[{"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]),
+        dict(messages=[]),
+        dict(n=0), dict(max_tokens=0), dict(top_p=0), dict(max_tokens=100_000),
+        dict(tools=[{"type": "function", "function": {"description": "no name"}}]),
+        dict(extra_body={"best_of": 2}), dict(logprobs=True), dict(frequency_penalty=0.5),
+    ]
+    for change in bad_requests:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(**{**ok, **change})
+        assert e.value.status_code == 400 and e.value.body and e.value.message, change
+    r = client.chat.completions.create(**ok)  # still serving
+    assert r.usage.completion_tokens == 2
+
+
+def test_raw_http_errors_are_openai_error_json(real):
+    import httpx
+
+    client, _, _ = real
+    base = str(client.base_url).rstrip("/")
+    r = httpx.post(f"{base}/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = httpx.post(f"{base}/chat/completions", json=["a list"])
+    assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
+    r = httpx.get(f"{base}/nowhere")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    assert httpx.get(base.removesuffix("/v1") + "/health").json() == {"status": "ok"}
+
+
+def test_prompt_longer_than_the_context_is_a_400(chat_format, openai_server):
+    app, _ = scripted_app(chat_format, [], max_context=64)
+    with openai_server(app) as client:
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="scripted", messages=user("word " * 100))
+    assert e.value.code == "context_length_exceeded" and "64" in e.value.message
+
+
+# -- scripted answers: parsing and formatting -------------------------------------------------------
+
+
+class WeatherEnv(Environment):
+    def get_weather(self, city: str) -> str:
+        """Current weather of a city.
+
+        Args:
+            city: the city
+        """
+        return f"sunny in {city}"
+
+
+@pytest.mark.parametrize("format_name", ["hermes", "template"])
+def test_tool_call_round_trip_renders_exactly_as_the_episode_loop(tokenizer, format_name, openai_server):
+    """The second request (assistant tool_calls + tool result) reaches the sampler as the same token ids
+    that the episode loop feeds the policy on its second turn (Hermes format, and a tokenizer template
+    with tool support: the exported Hermes template)."""
+    chat_format = (HermesChatFormat(tokenizer) if format_name == "hermes"
+                   else TemplateChatFormat(tokenizer, HERMES_CHAT_TEMPLATE))
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+    turn1 = chat_format.assistant_tokens(call)
+    turn2 = chat_format.assistant_tokens({"role": "assistant", "content": "It is sunny."})
+
+    row = {"id": "w", "messages": user("Weather in Paris?")}
+    episode_sampler = ScriptedSampler([turn1, turn2])
+    (traj,) = run_episodes([row], lambda r: WeatherEnv(), episode_sampler, chat_format, RolloutConfig(temperature=0))
+    assert traj.stop_reason.value == "answer" and traj.tool_calls[0].result == "sunny in Paris"
+    tools = [WeatherEnv().tools()[0].schema()]
+
+    server_sampler = ScriptedSampler([turn1, turn2])
+    app = create_app(server_sampler, chat_format, ServerSettings(model_name="scripted", max_context=4096))
+    with openai_server(app) as client:
+        r1 = client.chat.completions.create(model="scripted", messages=row["messages"], tools=tools)
+        choice = r1.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        (tc,) = choice.message.tool_calls
+        assert tc.type == "function" and tc.function.name == "get_weather" and tc.id
+        assert tc.function.arguments == '{"city": "Paris"}'
+        # the client's loop: run the tool, send its result back
+        messages = [*row["messages"], choice.message.model_dump(exclude_none=True),
+                    {"role": "tool", "tool_call_id": tc.id, "content": "sunny in Paris"}]
+        r2 = client.chat.completions.create(model="scripted", messages=messages, tools=tools)
+    assert r2.choices[0].message.content == "It is sunny." and r2.choices[0].finish_reason == "stop"
+    assert server_sampler.calls[0] == episode_sampler.calls[0]
+    assert server_sampler.calls[1] == episode_sampler.calls[1]
+    assert r2.usage.prompt_tokens == len(episode_sampler.calls[1][0])
+    assert r2.usage.completion_tokens == len(turn2)
+
+
+def test_parallel_calls_with_content_and_malformed_calls(chat_format, openai_server):
+    two = ('Checking both.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+           '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>')
+    broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'
+    app, _ = scripted_app(chat_format, [two, broken, two])
+    with openai_server(app) as client:
+        ask = dict(model="scripted", messages=user("Oslo and Rome?"), tools=[WEATHER_TOOL])
+        r = client.chat.completions.create(**ask)
+        msg = r.choices[0].message
+        assert msg.content == "Checking both." and r.choices[0].finish_reason == "tool_calls"
+        assert [(c.function.name, c.function.arguments) for c in msg.tool_calls] == [
+            ("get_weather", '{"city": "Oslo"}'), ("get_weather", '{"city": "Rome"}')]
+        assert len({c.id for c in msg.tool_calls}) == 2
+        r = client.chat.completions.create(**ask)  # malformed: plain content, not an error
+        assert r.choices[0].message.content == broken and r.choices[0].message.tool_calls is None
+        assert r.choices[0].finish_reason == "stop"
+        r = client.chat.completions.create(**ask, tool_choice="none")  # not parsed when tools are off
+        assert r.choices[0].message.content == two and r.choices[0].message.tool_calls is None
+
+
+def test_stop_strings_cut_the_text_and_the_token_count(chat_format, openai_server):
+    text = "Hello there. The end. More text."
+    app, _ = scripted_app(chat_format, [text, text])
+    with openai_server(app) as client:
+        r = client.chat.completions.create(model="scripted", messages=user("hi"), stop=["end", "zzz"])
+        r_full = client.chat.completions.create(model="scripted", messages=user("hi"))
+    assert r.choices[0].message.content == "Hello there. The " and r.choices[0].finish_reason == "stop"
+    ids = chat_format.tokenizer.encode(text, add_special_tokens=False)
+    n = r.usage.completion_tokens
+    assert "end" in chat_format.decode(ids[:n]) and "end" not in chat_format.decode(ids[: n - 1])
+    assert r_full.usage.completion_tokens == len(ids) + 1  # + the end-of-turn token
+    assert r_full.choices[0].message.content == text
+
+
+def test_a_failing_sampler_is_a_500_and_the_server_keeps_serving(chat_format, openai_server):
+    app, sampler = scripted_app(chat_format, ["fine"])
+    with openai_server(app) as client:
+        sampler.script.clear()  # the next call raises "ran out of scripted completions"
+        with pytest.raises(openai.InternalServerError, match="ran out"):
+            client.chat.completions.create(model="scripted", messages=user("hi"))
+        sampler.script.append(chat_format.tokenizer.encode("ok", add_special_tokens=False))
+        r = client.chat.completions.create(model="scripted", messages=user("hi"), max_tokens=5)
+        assert r.choices[0].message.content == "ok" and r.choices[0].finish_reason == "length"
