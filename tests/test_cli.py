@@ -125,6 +125,7 @@ def test_quickstart_writes_every_stage(tmp_path, tiny_model_dir):
         assert (out / stage / "summary.json").exists()
     assert (out / "runs" / "sft" / "run.db").exists() and (out / "runs" / "rft" / "run.db").exists()
     assert "95% CI" in res.output
+    assert f"agentrft serve --model {out / 'runs' / 'rft'}" in res.output  # the next step names the trained run
     assert set(result["verdict"]) >= {"met", "accuracy_gain_points", "fewer_tool_calls_share"}
 
 

@@ -329,6 +329,9 @@ def quickstart_cmd(out, model, test_tasks, sft_steps, rft_steps):
         lo, hi = result[stage]["accuracy_ci95"]
         click.echo(f"{stage:>9}: accuracy {result[stage]['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={n})")
     click.echo(f"total wall time {result['wall_s']:.0f} s; wrote {Path(out) / 'quickstart.json'}")
+    rft_run = result["runs"]["rft"]
+    click.echo(f"next: agentrft eval --model {rft_run} --split test   # the trained agent on any split\n"
+               f"      agentrft serve --model {rft_run}               # OpenAI-compatible endpoint (docs/serving.md)")
 
 
 @main.command("export")
