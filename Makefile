@@ -51,6 +51,7 @@ bench: setup
 	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/grpo_vs_trl.py --json bench/results/grpo_vs_trl.json
 	$(PY) bench/prefix_cache.py --json bench/results/prefix_cache.json
+	$(PY) bench/serve_throughput.py --json bench/results/serve_throughput.json
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART_OUT) .pytest_cache

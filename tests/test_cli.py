@@ -145,6 +145,35 @@ def test_quickstart_verdict_follows_the_issue_targets():
     assert v["met"] and v["met_accuracy_target"] and abs(v["accuracy_gain_points"] - 16) < 1e-6
     # 30 % fewer calls: not enough
     assert not verdict(sft, {"accuracy": 0.3, "accuracy_ci95": [0.2, 0.4], "tool_calls_per_rollout": 3.5})["met"]
+    # +16 points inside the noise (paired test p >= 0.05) does not count; significant, it does
+    rft = {"accuracy": 0.46, "accuracy_ci95": [0.3, 0.6], "tool_calls_per_rollout": 6.0}
+    noisy = {"n_tasks": 32, "only_first_correct": 3, "only_second_correct": 8, "both_correct": 6, "p_value": 0.23}
+    v = verdict(sft, rft, noisy)
+    assert not v["met"] and not v["met_accuracy_target"] and v["paired"]["mcnemar_p_value"] == 0.23
+    assert verdict(sft, rft, {**noisy, "p_value": 0.01})["met_accuracy_target"]
+
+
+def test_mcnemar_exact_p_and_paired_accuracy():
+    from agentrft.evaluation import mcnemar_exact_p, paired_accuracy
+    from agentrft.types import Grade, Trajectory
+
+    # hand-computed: 10 vs 3 discordant -> 2 * (C(13,0)+C(13,1)+C(13,2)+C(13,3)) / 2^13 = 2 * 378 / 8192
+    assert abs(mcnemar_exact_p(3, 10) - 2 * 378 / 8192) < 1e-12 and mcnemar_exact_p(10, 3) == mcnemar_exact_p(3, 10)
+    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(4, 4) == 1.0 and mcnemar_exact_p(0, 6) == 2 / 64
+
+    def graded(outcomes: dict[str, bool]) -> list[GradedRollout]:
+        return [GradedRollout({}, Trajectory(task_id=t, messages=[]), Grade(reward=1.0 if ok else 0.0))
+                for t, ok in outcomes.items()]
+
+    a = graded({"t1": True, "t2": False, "t3": False, "t4": True})
+    b = graded({"t4": False, "t3": True, "t2": True, "t1": True})  # paired by task id, not by position
+    res = paired_accuracy(a, b)
+    assert (res["only_first_correct"], res["only_second_correct"], res["both_correct"]) == (1, 2, 1)
+    assert res["p_value"] == mcnemar_exact_p(1, 2)
+    with pytest.raises(ValueError, match="same tasks"):
+        paired_accuracy(a, graded({"t1": True}))
+    with pytest.raises(ValueError, match="one rollout per task"):
+        paired_accuracy(a + a, b + b)
 
 
 def test_mean_interval():

@@ -29,7 +29,10 @@ def test_quickstart_writes_every_stage_on_a_tiny_model(tmp_path, credit):
             assert key in s, (stage, key)
         assert s["n_rollouts"] == 2 and 0.0 <= s["accuracy"] <= 1.0 and s["wall_s"] > 0
         assert (tmp_path / "out" / stage / "trajectories.jsonl").is_file()
-    assert set(on_disk["verdict"]) >= {"met", "accuracy_gain_points", "fewer_tool_calls_share"}
+    assert set(on_disk["verdict"]) >= {"met", "accuracy_gain_points", "fewer_tool_calls_share", "paired"}
+    paired = on_disk["verdict"]["paired"]  # SFT and RFT compared task by task on the same 2 test tasks
+    assert paired["tasks"] == 2 and 0.0 <= paired["mcnemar_p_value"] <= 1.0
+    assert paired["both_correct"] + paired["only_rft_correct"] == round(on_disk["rft"]["accuracy"] * 2)
     assert on_disk["wall_s"] >= sum(on_disk[s]["wall_s"] for s in ("baseline", "sft", "rft")) * 0.99
     assert result["verdict"] == on_disk["verdict"]
     with RunStore(on_disk["runs"]["rft"]) as store:

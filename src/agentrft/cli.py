@@ -328,6 +328,11 @@ def quickstart_cmd(out, model, test_tasks, sft_steps, rft_steps):
     for stage in ("baseline", "sft", "rft"):
         lo, hi = result[stage]["accuracy_ci95"]
         click.echo(f"{stage:>9}: accuracy {result[stage]['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={n})")
+    v = result["verdict"]
+    paired = v.get("paired")
+    click.echo(f"  verdict: {'met' if v['met'] else 'NOT met'} (RFT vs SFT: {v['accuracy_gain_points']:+.1f} accuracy "
+               f"points" + (f", paired McNemar p = {paired['mcnemar_p_value']:.3f}" if paired else "")
+               + f"; {v['fewer_tool_calls_share']:.0%} fewer tool calls)")
     click.echo(f"total wall time {result['wall_s']:.0f} s; wrote {Path(out) / 'quickstart.json'}")
     rft_run = result["runs"]["rft"]
     click.echo(f"next: agentrft eval --model {rft_run} --split test   # the trained agent on any split\n"

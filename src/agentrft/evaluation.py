@@ -125,6 +125,40 @@ def wilson_interval(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value: how likely a split this uneven of the discordant pairs is by chance.
+
+    ``only_a``: tasks only A got right; ``only_b``: tasks only B got right (on the same tasks). Under "A and B
+    are equally accurate" each discordant task is a fair coin, so the p-value is a binomial tail, doubled.
+    """
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def paired_accuracy(a: list[GradedRollout], b: list[GradedRollout], threshold: float = 0.99) -> dict:
+    """Compare two evals of the same tasks task by task (one rollout per task each): discordant counts and the
+    exact McNemar p-value. Unlike two overlapping 95 % intervals this uses the pairing, so it is the test
+    that says whether an accuracy gain on one test set is more than noise."""
+    def outcomes(graded: list[GradedRollout]) -> dict[str, bool]:
+        out: dict[str, bool] = {}
+        for g in graded:
+            if g.trajectory.task_id in out:
+                raise ValueError(f"paired_accuracy needs one rollout per task; {g.trajectory.task_id!r} has several")
+            out[g.trajectory.task_id] = (not g.trajectory.is_infra_failure) and is_correct(g.grade, threshold)
+        return out
+
+    oa, ob = outcomes(a), outcomes(b)
+    if oa.keys() != ob.keys():
+        raise ValueError("paired_accuracy needs both evals on the same tasks")
+    only_a = sum(1 for t in oa if oa[t] and not ob[t])
+    only_b = sum(1 for t in oa if ob[t] and not oa[t])
+    return {"n_tasks": len(oa), "only_first_correct": only_a, "only_second_correct": only_b,
+            "both_correct": sum(1 for t in oa if oa[t] and ob[t]), "p_value": mcnemar_exact_p(only_a, only_b)}
+
+
 def evaluate_rows(
     rows: list[TaskRow],
     env: EnvSpec,
