@@ -57,9 +57,9 @@ class QuickstartRecipe:
     sft_lr: float = 1e-3
     rft_steps: int = 4
     rft_tasks_per_step: int = 8
-    """8 tasks x 4 steps since stop 11 (5 x 4 before): with 4 tasks per step one unlucky batch could undo a
-    step (1 seed in 4 drifted to more calls), with 6 one still did; with 8 all four seeds met the target
-    (measured, docs/training.md). A fifth step would not fit the 15-minute budget."""
+    """8 tasks x 4 steps since stop 11 (4 tasks x 5 steps before): with 4 tasks per step one unlucky batch
+    could undo a step (1 seed in 4 drifted to more calls), with 6 one still did; with 8 all four seeds met
+    the target (measured, docs/training.md). A fifth step would not fit the 15-minute budget."""
     rft_group: int = 4
     rft_lr: float = 2e-4
     rft_credit: str = "trajectory"
