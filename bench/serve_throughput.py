@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,28 +34,16 @@ from agentrft.jobs.trained import load_any_model
 from agentrft.models.chat_format import get_chat_format
 from agentrft.rollout.episode import normalize_messages, tools_for_row
 from agentrft.rollout.hf_sampler import HFSampler
-from agentrft.serving import ServerSettings, create_app
+from agentrft.serving import ServerSettings, create_app, serve_in_background
 
 
 @contextlib.contextmanager
 def served(app):
     """``app`` under uvicorn on a free 127.0.0.1 port; yields an openai client."""
     import openai
-    import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        if not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=600)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with serve_in_background(app) as base_url:
+        yield openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=600)
 
 
 def burst(client, requests: list[dict], max_tokens: int) -> dict:

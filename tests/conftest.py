@@ -9,8 +9,6 @@ see real token ids while model forward passes cost milliseconds.
 from __future__ import annotations
 
 import contextlib
-import threading
-import time
 
 import pytest
 
@@ -42,21 +40,10 @@ def openai_server():
     @contextlib.contextmanager
     def serve(app):
         import openai
-        import uvicorn
 
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.time() + 20
-        while not server.started:
-            if not thread.is_alive() or time.time() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=20)
+        from agentrft.serving import serve_in_background
+
+        with serve_in_background(app) as base_url:
+            yield openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=60)
 
     return serve

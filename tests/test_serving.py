@@ -265,3 +265,13 @@ def test_a_failing_sampler_is_a_500_and_the_server_keeps_serving(chat_format, op
         sampler.script.append(chat_format.tokenizer.encode("ok", add_special_tokens=False))
         r = client.chat.completions.create(model="scripted", messages=user("hi"), max_tokens=5)
         assert r.choices[0].message.content == "ok" and r.choices[0].finish_reason == "length"
+
+
+def test_serve_in_background_reports_a_server_that_cannot_start(chat_format):
+    from agentrft.errors import AgentRFTError
+    from agentrft.serving import serve_in_background
+
+    app, _ = scripted_app(chat_format, ["hi"])
+    with pytest.raises(AgentRFTError, match="did not start"):
+        with serve_in_background(app, host="203.0.113.1", start_timeout_s=5):  # not an address of this machine
+            pass

@@ -56,7 +56,7 @@ from agentrft.models.chat_format import message_text, message_tool_calls, normal
 from agentrft.rollout.episode import normalize_messages
 from agentrft.rollout.sampler import Completion, Sampler, SamplingParams
 
-__all__ = ["APIError", "BatchingGenerator", "ServerSettings", "create_app"]
+__all__ = ["APIError", "BatchingGenerator", "ServerSettings", "create_app", "serve_in_background"]
 
 logger = logging.getLogger(__name__)
 
@@ -500,3 +500,29 @@ def create_app(sampler: Sampler, chat_format, settings: ServerSettings) -> FastA
         })
 
     return app
+
+
+@contextlib.contextmanager
+def serve_in_background(app: FastAPI, host: str = "127.0.0.1", start_timeout_s: float = 20.0):
+    """Serve ``app`` with uvicorn on a free port of ``host`` in a daemon thread; yields its ``/v1`` base URL.
+
+    For tests, benchmarks and notebooks (``agentrft serve`` runs uvicorn in the foreground). The server
+    and its sampler worker stop when the block exits.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="agentrft-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.time() + start_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            server.should_exit = True
+            raise AgentRFTError(f"the server did not start on {host} within {start_timeout_s:.0f} s")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=start_timeout_s)
