@@ -274,4 +274,4 @@ def test_serve_in_background_reports_a_server_that_cannot_start(chat_format):
     app, _ = scripted_app(chat_format, ["hi"])
     with pytest.raises(AgentRFTError, match="did not start"):
         with serve_in_background(app, host="203.0.113.1", start_timeout_s=5):  # not an address of this machine
-            pass
+            raise AssertionError("a server bound to an address this machine does not have")
