@@ -56,7 +56,7 @@ GROUP = 4
 COMPLETIONS_PER_STEP = 16
 MAX_NEW_TOKENS = 64
 STEPS = 5
-MICRO_BATCH = 4  # agentrft's training micro-batch (see agentrft_config)
+MICRO_BATCH = 8  # agentrft's training micro-batch (see agentrft_config)
 LR = 1e-5
 SEED = 0
 
@@ -152,6 +152,8 @@ def agentrft_config(out: Path, model: str = "smollm2-135m"):
 def run_agentrft(out: Path) -> dict:
     import torch
 
+    from agentrft import allocator
+
     from agentrft.jobs.store import RunStore
     from agentrft.models.onednn import uses_onednn
     from agentrft.train.runner import run_job
@@ -173,15 +175,18 @@ def run_agentrft(out: Path) -> dict:
     model = result.policy.model
     n_params = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings().weight.numel()
-    flops = []
+    flops, padded_flops = [], []
     for m in steps:
-        seqs = m["trained_rollouts"]
-        body_tokens = seqs * m["tokens_mean"]
-        head_tokens = seqs * m["sampled_tokens_mean"]
-        flops.append(6 * (n_params - head) * body_tokens + 6 * head * head_tokens)
+        # the decoder's tokens as the trainer ran them: a shared prefix once, no padding (decoder_positions
+        # counts the padding too); the head runs on the trained positions only
+        head_flops = 6 * head * m["trained_rollouts"] * m["sampled_tokens_mean"]
+        flops.append(6 * (n_params - head) * m["decoder_tokens"] + head_flops)
+        padded_flops.append(6 * (n_params - head) * m["decoder_positions"] + head_flops)
     peaks = matmul_peak_flops()
     peak = max(peaks.values())  # the machine's best fp32 product, whichever library reaches it
     train_flops = sum(flops) / sum(m["training_s"] for m in steps)
+    steady = slice(2, None)  # steps 3..: step 1 allocates the optimizer state, steps 1-2 grow the heap
+    steady_flops = sum(flops[steady]) / sum(m["training_s"] for m in steps[steady])
     gen_tokens = [m["sampled_tokens_mean"] * COMPLETIONS_PER_STEP for m in steps]
     return {
         "step_s": [m["step_time_s"] for m in steps],
@@ -192,10 +197,16 @@ def run_agentrft(out: Path) -> dict:
         "generated_tokens_per_generation_s": sum(gen_tokens) / sum(m["sampling_s"] for m in steps),
         "reward_mean": [m["reward_mean"] for m in steps],
         "train_flops_per_s": train_flops,
+        "train_flops_per_s_steps_3_on": steady_flops,
+        "padding_fraction": 1 - sum(m["decoder_tokens"] for m in steps) / sum(m["decoder_positions"] for m in steps),
+        "decoder_tokens": [m["decoder_tokens"] for m in steps],
+        "decoder_positions": [m["decoder_positions"] for m in steps],
         "matmul_peak_flops_per_s": peak,
         "matmul_peak_flops_per_s_by_library": peaks,
         "linear_layers": "onednn" if uses_onednn(model) else "mkl",
         "train_fraction_of_peak": train_flops / peak,
+        "train_fraction_of_peak_steps_3_on": steady_flops / peak,
+        "allocator": allocator.active(),
         "params": n_params,
         "wall_s": wall,
         "peak_rss_mb": peak_rss_mb(),
@@ -209,6 +220,8 @@ def run_agentrft(out: Path) -> dict:
 
 def run_trl(out: Path) -> dict:
     import torch
+
+    from agentrft import allocator
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -281,27 +294,41 @@ def run_trl(out: Path) -> dict:
         "wall_s": wall,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_mb_before_last_step": timer.rss[-2] if len(timer.rss) >= 2 else None,
+        "allocator": allocator.active(),
     }
 
 
 # -- parent ---------------------------------------------------------------------------
 
 
-def run_worker(name: str) -> dict:
-    """Run one framework in a fresh child process and return its JSON report."""
-    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
+ARMS = {
+    "agentrft": ("agentrft", "auto"),  # as the agentrft command runs: on tcmalloc where installed
+    "trl": ("trl", "system"),  # TRL as its users run it: the C library's malloc
+    "trl_tcmalloc": ("trl", "auto"),  # TRL on agentrft's allocator: what the allocator alone is worth
+}
+
+
+def run_worker(arm: str) -> dict:
+    """Run one arm in a fresh child process and return its JSON report."""
+    from agentrft.allocator import ALLOCATOR_ENV, preload_environ
+
+    framework, alloc = ARMS[arm]
+    with tempfile.TemporaryDirectory(prefix=f"bench-{arm}-") as tmp:
         report = Path(tmp) / "report.json"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, "--report", str(report)], env=env)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+               ALLOCATOR_ENV: alloc}
+        env = preload_environ(env) or env
+        proc = subprocess.run([sys.executable, __file__, "--worker", framework, "--report", str(report)], env=env)
         if proc.returncode != 0:
-            raise SystemExit(f"the {name} worker failed with exit code {proc.returncode}")
+            raise SystemExit(f"the {arm} worker failed with exit code {proc.returncode}")
         return json.loads(report.read_text())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", dest="json_out", default=None, help="write the report here")
-    ap.add_argument("--repeats", type=int, default=2, help="runs of each framework, alternated")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each arm, alternated")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     ap.add_argument("--worker", choices=("trl", "agentrft"), help=argparse.SUPPRESS)
     ap.add_argument("--report", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -315,43 +342,62 @@ def main() -> None:
     import torch
     import trl
 
-    runs: dict[str, list[dict]] = {"trl": [], "agentrft": []}
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    runs: dict[str, list[dict]] = {a: [] for a in arms}
     for i in range(args.repeats):
-        for name in ("trl", "agentrft") if i % 2 == 0 else ("agentrft", "trl"):
-            print(f"[bench] repeat {i + 1}/{args.repeats}: {name}", file=sys.stderr, flush=True)
-            runs[name].append(run_worker(name))
+        for arm in arms if i % 2 == 0 else arms[::-1]:
+            print(f"[bench] repeat {i + 1}/{args.repeats}: {arm}", file=sys.stderr, flush=True)
+            runs[arm].append(run_worker(arm))
 
-    def median_of(name: str, key: str) -> float:
+    def median_of(name: str, key: str) -> float | None:
+        if not runs.get(name):
+            return None
         return statistics.median(v for r in runs[name] for v in (r[key] if isinstance(r[key], list) else [r[key]]))
 
-    ours, theirs = median_of("agentrft", "step_s"), median_of("trl", "step_s")
+    def peak_of(name: str, key: str) -> float | None:
+        return max(r[key] for r in runs[name]) if runs.get(name) else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b is not None else None
+
+    ours = median_of("agentrft", "step_s")
     summary = {
         "job": {"model": "smollm2-135m", "rows": ROWS, "group": GROUP, "completions_per_step": COMPLETIONS_PER_STEP,
                 "max_new_tokens": MAX_NEW_TOKENS, "steps": STEPS, "lr": LR, "beta": 0.0, "dtype": "float32",
-                "full_fine_tuning": True, "agentrft_micro_batch": MICRO_BATCH, "device": "cpu", "torch_threads": torch.get_num_threads(),
-                "repeats": args.repeats},
+                "full_fine_tuning": True, "agentrft_micro_batch": MICRO_BATCH, "device": "cpu",
+                "torch_threads": torch.get_num_threads(), "repeats": args.repeats},
         "versions": {"torch": torch.__version__, "trl": trl.__version__},
+        "allocators": {arm: sorted({r["allocator"] for r in runs[arm]}) for arm in arms},
         "agentrft_step_s_median": ours,
-        "trl_step_s_median": theirs,
-        "speedup_vs_trl": theirs / ours,
-        "agentrft_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["agentrft"]),
-        "trl_peak_rss_mb": max(r["peak_rss_mb"] for r in runs["trl"]),
-        "agentrft_peak_rss_mb_steps_1_to_4": max(r["peak_rss_mb_before_last_step"] for r in runs["agentrft"]),
-        "trl_peak_rss_mb_steps_1_to_4": max(r["peak_rss_mb_before_last_step"] for r in runs["trl"]),
+        "trl_step_s_median": median_of("trl", "step_s"),
+        "trl_tcmalloc_step_s_median": median_of("trl_tcmalloc", "step_s"),
+        "speedup_vs_trl": ratio(median_of("trl", "step_s"), ours),
+        "speedup_vs_trl_tcmalloc": ratio(median_of("trl_tcmalloc", "step_s"), ours),
+        "agentrft_peak_rss_mb": peak_of("agentrft", "peak_rss_mb"),
+        "trl_peak_rss_mb": peak_of("trl", "peak_rss_mb"),
+        "trl_tcmalloc_peak_rss_mb": peak_of("trl_tcmalloc", "peak_rss_mb"),
+        "agentrft_peak_rss_mb_steps_1_to_4": peak_of("agentrft", "peak_rss_mb_before_last_step"),
+        "trl_peak_rss_mb_steps_1_to_4": peak_of("trl", "peak_rss_mb_before_last_step"),
+        "trl_tcmalloc_peak_rss_mb_steps_1_to_4": peak_of("trl_tcmalloc", "peak_rss_mb_before_last_step"),
         "agentrft_generated_tokens_per_s": median_of("agentrft", "generated_tokens_per_step_s"),
         "trl_generated_tokens_per_s": median_of("trl", "generated_tokens_per_step_s"),
         "agentrft_sampling_tokens_per_s": median_of("agentrft", "generated_tokens_per_generation_s"),
-        "trl_generation_tokens_per_s": (median_of("trl", "generated_tokens_per_generation_s")
-                                        if all(r["generated_tokens_per_generation_s"] for r in runs["trl"]) else None),
+        "trl_generation_tokens_per_s": median_of("trl", "generated_tokens_per_generation_s"),
         "agentrft_sampling_s_median": median_of("agentrft", "sampling_s"),
         "agentrft_training_s_median": median_of("agentrft", "training_s"),
         "trl_generation_s_median": median_of("trl", "generation_s"),
         "agentrft_train_fraction_of_matmul_peak": median_of("agentrft", "train_fraction_of_peak"),
-        "matmul_peak_gflops": median_of("agentrft", "matmul_peak_flops_per_s") / 1e9,
+        "agentrft_train_fraction_of_matmul_peak_steps_3_on": median_of("agentrft", "train_fraction_of_peak_steps_3_on"),
+        "agentrft_padding_fraction": median_of("agentrft", "padding_fraction"),
+        "matmul_peak_gflops": ratio(median_of("agentrft", "matmul_peak_flops_per_s"), 1e9),
         "matmul_peak_gflops_by_library": {lib: statistics.median(r["matmul_peak_flops_per_s_by_library"][lib]
                                                                  for r in runs["agentrft"]) / 1e9
-                                          for lib in runs["agentrft"][0]["matmul_peak_flops_per_s_by_library"]},
-        "agentrft_linear_layers": runs["agentrft"][0]["linear_layers"],
+                                          for lib in runs["agentrft"][0]["matmul_peak_flops_per_s_by_library"]}
+                                         if runs.get("agentrft") else None,
+        "agentrft_linear_layers": runs["agentrft"][0]["linear_layers"] if runs.get("agentrft") else None,
         "runs": runs,
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))

@@ -246,7 +246,7 @@ def test_group_prefixes_on_a_common_prefix_give_the_unshared_gradients(tiny_llam
         for s in range(0, len(trajs), mb):
             b = collate_trajectories(trajs[s : s + mb], [0.0] * len(trajs[s : s + mb]), pad_id=0)
             lp = token_logprobs(tiny_llama, b.input_ids, b.attention_mask, needed=b.loss_mask,
-                                prefix=plan.for_rows(s, s + mb) if plan else None)
+                                prefix=plan.for_rows(range(s, min(s + mb, len(trajs)))) if plan else None)
             (lp * b.loss_mask).sum().backward()
         if plan:
             plan.backward()
@@ -257,8 +257,8 @@ def test_group_prefixes_on_a_common_prefix_give_the_unshared_gradients(tiny_llam
     # the system prompt, then each group's question up to the token before the first trained one
     assert [p.length for p in plan._made] == [10, 18, 21]
     assert plan.tokens == 10 + 8 + 11
-    assert isinstance(plan.for_rows(0, 1), SharedPrefix) and isinstance(plan.for_rows(2, 4), PrefixRows)
-    assert plan.for_rows(2, 4).length == 18  # rows of both groups: the shorter group prefix
+    assert isinstance(plan.for_rows([0]), SharedPrefix) and isinstance(plan.for_rows([2, 3]), PrefixRows)
+    assert plan.for_rows([2, 3]).length == plan.length_for([2, 3]) == 18  # rows of both groups: the shorter group prefix
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, g1))
     _, g4 = grads(4, True)  # a micro-batch spanning both groups
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(reference, g4))
@@ -269,3 +269,69 @@ def test_group_prefixes_on_a_common_prefix_give_the_unshared_gradients(tiny_llam
     tiny_llama.zero_grad()
     with pytest.raises(ValueError, match="must extend its parent"):
         SharedPrefix(tiny_llama, torch.tensor(system[:5]), parent=SharedPrefix(tiny_llama, torch.tensor(system)))
+
+
+def _traj(task: str, prompt: list[int], sampled: int) -> Trajectory:
+    t = Trajectory(task_id=task, messages=[])
+    t.append_tokens(prompt, "prompt")
+    t.append_tokens(list(range(3, 3 + sampled)), "sampled", [-1.0] * sampled)
+    return t
+
+
+def test_micro_batches_pick_the_order_with_the_least_padding(tiny_llama):
+    from types import SimpleNamespace
+
+    from agentrft.train.optim import PrefixPlan, forward_positions, micro_batches
+
+    trajs = [_traj("a", [7] * 5, n) for n in (5, 45, 7, 43)]  # 10, 50, 12, 48 tokens
+    chunks = micro_batches(trajs, 2, None)
+    assert chunks == [[1, 3], [2, 0]]  # longest first: 2 x 50 + 2 x 12 positions, not 2 x 50 + 2 x 48
+    assert forward_positions(trajs, chunks, None) == (124, 120)
+    assert forward_positions(trajs, [[0, 1], [2, 3]], None) == (196, 120)
+    same = [_traj("a", [7] * 5, 5) for _ in range(4)]
+    assert micro_batches(same, 3, None) == [[0, 1, 2], [3]]  # a tie keeps the given order
+    # a group's rollouts side by side read their group's prefix: cheaper than mixing groups by length
+    ctx = SimpleNamespace(policy=SimpleNamespace(model=tiny_llama, device=torch.device("cpu")))
+    system = list(range(10, 20))
+    grouped = [_traj("a", system + [31] * 70, 2), _traj("a", system + [31] * 70, 30),  # 82 and 110 tokens
+               _traj("b", system + [32] * 20, 60), _traj("b", system + [32] * 20, 70)]  # 90 and 100
+    plan = PrefixPlan(ctx, grouped, min_tokens=4)
+    # the system prompt for all; group a's question up to the token before its first trained one; group b's
+    # 20-token question is too short to be worth its own pass (MIN_GROUP_EXTENSION)
+    assert [p.length for p in plan._made] == [10, 79]
+    assert micro_batches(grouped, 2, plan) == [[0, 1], [2, 3]]
+    positions, tokens = forward_positions(grouped, [[0, 1], [2, 3]], plan)
+    assert tokens == 10 + 69 + (3 + 31) + (80 + 90) and positions == 10 + 69 + 2 * 31 + 2 * 90
+    assert forward_positions(grouped, [[1, 3], [2, 0]], plan)[0] == 10 + 69 + 2 * 100 + 2 * 80  # longest first
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_picked_logprobs_match_log_softmax_in_value_gradient_and_entropy(temperature):
+    from agentrft.algo.logprobs import picked_logprobs
+
+    torch.manual_seed(0)
+    z = (torch.randn(6, 50) * 3).requires_grad_(True)
+    targets = torch.randint(0, 50, (6,))
+    upstream = torch.randn(6)
+    ref_lp = torch.log_softmax(z / temperature, dim=-1)
+    ref = ref_lp.gather(-1, targets[:, None]).squeeze(-1)
+    (ref_grad,) = torch.autograd.grad((ref * upstream).sum(), z)
+    ref_entropy = -(ref_lp.exp() * ref_lp).sum(-1)
+    z2 = z.detach().clone().requires_grad_(True)
+    lp, entropy = picked_logprobs(z2, targets, temperature=temperature, with_entropy=True)
+    assert torch.allclose(lp, ref, atol=1e-5)
+    assert torch.allclose(entropy, ref_entropy.detach(), atol=1e-5) and not entropy.requires_grad
+    (lp * upstream).sum().backward()
+    assert torch.allclose(z2.grad, ref_grad, atol=1e-6)
+    lp, entropy = picked_logprobs(z.detach(), targets, temperature=temperature)
+    assert entropy is None and torch.allclose(lp, ref.detach(), atol=1e-5)
+
+
+def test_picked_logprobs_refuse_a_second_backward():
+    from agentrft.algo.logprobs import picked_logprobs
+
+    z = torch.randn(3, 10, requires_grad=True)
+    lp, _ = picked_logprobs(z, torch.tensor([1, 2, 3]))
+    lp.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        lp.sum().backward()

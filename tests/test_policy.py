@@ -85,3 +85,53 @@ def test_cpu_matmul_decides_which_library_the_policys_linear_layers_use(setting)
     policy = build_policy(cfg, model, tok)
     routed = [m for m in policy.model.modules() if isinstance(m, OneDNNLinear)]
     assert bool(routed) is (setting == "onednn")
+
+
+def test_full_fine_tuning_of_tied_embeddings_gets_the_same_dense_gradient_and_steps():
+    """The lookup's gradient comes as sparse rows added into the head's dense one: same sum, fused AdamW steps."""
+    import copy
+
+    import torch
+
+    from agentrft.models.rms_norm import uses_fused_rms_norm
+
+    model, tok = make_tiny_model(num_layers=2)
+    reference = copy.deepcopy(model)
+    cfg = load_config({"method": "rft", "model": "tiny", "data": {"env": "toy"}, "lora": {"enabled": False}})
+    policy = build_policy(cfg, model, tok)
+    assert policy.model.get_input_embeddings().sparse and uses_fused_rms_norm(policy.model)
+    for p in reference.parameters():
+        p.requires_grad_(True)
+    ids = torch.randint(3, 1000, (2, 12))
+    for m in (policy.model, reference):
+        m.train()
+        for _ in range(2):  # accumulate two micro-batches, as the trainers do
+            m(input_ids=ids).logits.float().logsumexp(-1).mean().backward()
+    weight = policy.model.get_input_embeddings().weight
+    assert not weight.grad.is_sparse
+    assert torch.allclose(weight.grad, reference.get_input_embeddings().weight.grad, atol=1e-6)
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3, fused=True)
+    before = weight.detach().clone()
+    optimizer.step()
+    assert not torch.equal(before, weight.detach())
+
+
+def test_a_sparse_gradient_alone_is_made_dense_before_the_step():
+    from types import SimpleNamespace
+
+    import torch
+
+    from agentrft.train.optim import optimizer_step
+
+    embed = torch.nn.Embedding(10, 4, sparse=True)
+    embed(torch.tensor([1, 2])).sum().backward()
+    assert embed.weight.grad.is_sparse
+    optimizer = torch.optim.AdamW([embed.weight], lr=0.1, weight_decay=0.0, fused=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    ctx = SimpleNamespace(policy=SimpleNamespace(trainable_parameters=lambda: [embed.weight]), optimizer=optimizer,
+                          scheduler=scheduler, cfg=SimpleNamespace(optim=SimpleNamespace(max_grad_norm=1.0)))
+    before = embed.weight.detach().clone()
+    stepped, norm = optimizer_step(ctx)
+    assert stepped and norm == pytest.approx(8**0.5)  # two rows of four ones
+    changed = (embed.weight.detach() != before).any(dim=1)
+    assert changed.tolist() == [False, True, True] + [False] * 7

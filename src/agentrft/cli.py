@@ -36,6 +36,35 @@ def models_cmd() -> None:
         click.echo(name)
 
 
+@main.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info_cmd(as_json: bool) -> None:
+    """What this machine computes with: torch, threads, the allocator, the CPU matmul library."""
+    import os
+
+    import torch
+
+    from agentrft import allocator
+    from agentrft.models.onednn import _verdict
+
+    usable, faster, why = _verdict()
+    facts = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "allocator": allocator.active(),
+        "tcmalloc_installed": allocator.find_tcmalloc() is not None,
+        "ld_preload_for_children": os.environ.get("LD_PRELOAD"),
+        "cpu_matmul_auto": "onednn" if usable and faster else "mkl",
+        "cpu_matmul_check": why,
+    }
+    if as_json:
+        click.echo(json.dumps(facts))
+        return
+    for key, value in facts.items():
+        click.echo(f"{key:24} {value}")
+
+
 @main.command("envs")
 def envs_cmd() -> None:
     """List the built-in environments."""
@@ -402,5 +431,14 @@ def _register_groups() -> None:
 
 _register_groups()
 
-if __name__ == "__main__":  # pragma: no cover
+
+def entry() -> None:
+    """The ``agentrft`` console script: the process's allocator first (:mod:`agentrft.allocator`), then the commands."""
+    from agentrft.allocator import ensure_preferred
+
+    ensure_preferred()
     main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

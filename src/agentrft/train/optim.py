@@ -11,6 +11,7 @@ row with the last checkpoint intact.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -66,19 +67,54 @@ class PrefixPlan:
         """Tokens forwarded once instead of per trajectory (the metric ``shared_prefix_tokens``)."""
         return self._tokens
 
-    def for_rows(self, start: int, stop: int) -> SharedPrefix | PrefixRows | None:
-        """The prefix of micro-batch ``rows[start:stop]``, or None when its rows share none."""
-        rows = self.rows[start:stop]
-        if any(p is None for p in rows):
+    def for_rows(self, rows: Sequence[int]) -> SharedPrefix | PrefixRows | None:
+        """The prefix of the micro-batch made of trajectories ``rows`` (indices), or None when they share none."""
+        made = [self.rows[i] for i in rows]
+        if not made or any(p is None for p in made):
             return None
-        if all(p is rows[0] for p in rows):
-            return rows[0]
-        return PrefixRows(rows, min(p.length for p in rows))  # type: ignore[arg-type]
+        if all(p is made[0] for p in made):
+            return made[0]
+        return PrefixRows(made, min(p.length for p in made))  # type: ignore[arg-type, union-attr]
+
+    def length_for(self, rows: Sequence[int]) -> int:
+        """How many leading tokens of micro-batch ``rows`` come from the prefix (0 when none)."""
+        prefix = self.for_rows(rows)
+        return prefix.length if prefix is not None else 0
 
     def backward(self) -> None:
         """Send the collected gradients through the prefixes: each group's before the common one it extends."""
         for prefix in reversed(self._made):
             prefix.backward()
+
+
+def micro_batches(trajs, size: int, plan: PrefixPlan | None) -> list[list[int]]:
+    """The step's trajectories (indices) in micro-batches of at most ``size``, padded as little as the order allows.
+
+    A micro-batch is padded to its longest row, so rows of similar length belong together. Two orders are
+    costed by the positions their micro-batches run through the decoder (past the shared prefix each reads):
+    the given one (a group's rollouts side by side, reading their group's prefix) and longest first; the
+    cheaper wins (the given one on a tie). The update does not depend on the order: micro-batch losses are
+    weighted sums of per-row terms.
+    """
+    given = list(range(len(trajs)))
+    longest_first = sorted(given, key=lambda i: -trajs[i].num_tokens)
+    split = [[order[s : s + size] for s in range(0, len(order), size)] for order in (given, longest_first)]
+    costs = [forward_positions(trajs, chunks, plan)[0] for chunks in split]
+    return split[1] if costs[1] < costs[0] else split[0]
+
+
+def forward_positions(trajs, chunks: list[list[int]], plan: PrefixPlan | None) -> tuple[int, int]:
+    """(positions, tokens) the decoder runs for ``chunks`` of ``trajs``: with padding, and without it.
+
+    Both count a shared prefix's own tokens once. ``tokens`` is the work the update needs (the FLOP count of
+    ``bench/grpo_vs_trl.py``); ``positions - tokens`` is padding.
+    """
+    positions = tokens = plan.tokens if plan is not None else 0
+    for chunk in chunks:
+        p = plan.length_for(chunk) if plan is not None else 0
+        positions += len(chunk) * (max(trajs[i].num_tokens for i in chunk) - p)
+        tokens += sum(trajs[i].num_tokens - p for i in chunk)
+    return positions, tokens
 
 
 def shared_prefix(ctx, trajs) -> PrefixPlan | None:
@@ -96,6 +132,9 @@ def optimizer_step(ctx, skip: bool = False) -> tuple[bool, float]:
     if skip:
         ctx.optimizer.zero_grad(set_to_none=True)
         return False, float("nan")
+    for p in params:  # a sparse embedding gradient that met no dense one (see policy._sparse_tied_embedding_grad)
+        if p.grad is not None and p.grad.is_sparse:
+            p.grad = p.grad.to_dense()
     norm = torch.nn.utils.clip_grad_norm_(params, ctx.cfg.optim.max_grad_norm)
     norm_f = float(norm)
     if not math.isfinite(norm_f):

@@ -19,6 +19,7 @@ from agentrft.errors import ConfigError
 from agentrft.models.chat_format import get_chat_format
 from agentrft.models.loading import load_model
 from agentrft.models.onednn import choose, use_onednn
+from agentrft.models.rms_norm import use_fused_rms_norm
 
 
 @dataclass
@@ -87,10 +88,27 @@ def build_policy(cfg: JobConfig, model=None, tokenizer=None) -> Policy:
     else:
         for p in model.parameters():
             p.requires_grad_(True)
+        _sparse_tied_embedding_grad(model)
     model.config.use_cache = True
     if choose(cfg.training.cpu_matmul, device, dtype):
         use_onednn(model)  # every nn.Linear, adapters' included: forward, backward and eval
+    use_fused_rms_norm(model)  # float32 norms whose formula the fused kernel reproduces (checked per module)
     return Policy(model, tokenizer, get_chat_format(tokenizer, cfg.chat_format), device, dtype, is_lora)
+
+
+def _sparse_tied_embedding_grad(model) -> bool:
+    """Full fine-tuning of a model whose input embedding is its LM head's weight: the lookup's gradient as
+    sparse rows, added into the head's dense gradient (True when set).
+
+    The dense gradient of an embedding lookup is a zero-filled [V, H] tensor (113 MB for the bundled model)
+    with a few hundred rows written, made and added once per micro-batch; the head already gives that
+    parameter a dense [V, H] gradient, so the lookup's rows can go straight into it. The sum is the same.
+    """
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if not isinstance(embed, torch.nn.Embedding) or head is None or head.weight is not embed.weight:
+        return False
+    embed.sparse = True
+    return True
 
 
 def _freeze_adapters_below(model, top: int) -> None:

@@ -30,7 +30,7 @@ from agentrft.algo.logprobs import token_logprobs, token_logprobs_and_entropy
 from agentrft.algo.losses import LossConfig, PolicyLoss, policy_loss
 from agentrft.evaluation import grade_all, is_correct
 from agentrft.rollout.episode import RolloutConfig, run_episodes
-from agentrft.train.optim import optimizer_step, shared_prefix
+from agentrft.train.optim import forward_positions, micro_batches, optimizer_step, shared_prefix
 
 
 class GraderFailure(AgentRFTError):
@@ -139,6 +139,7 @@ class RFTMethod:
                               aggregation=cfg.rft.aggregation, max_tokens=cfg.rollout.max_total_tokens)
         mb = cfg.optim.micro_batch_size
         totals: dict[str, float] = {}
+        work = {"decoder_positions": 0.0, "decoder_tokens": 0.0}
         skipped = 0.0
         grad_norm = 0.0
         for _ in range(cfg.rft.updates_per_batch):
@@ -148,14 +149,18 @@ class RFTMethod:
             nonfinite = False
             policy.model.train()
             prefix = shared_prefix(ctx, trajs)  # forwarded again each pass: the weights changed
-            for s in range(0, n_seq, mb):
-                part = trajs[s : s + mb]
-                b = collate_trajectories(part, advantages[s : s + mb], pad_id=policy.pad_token_id).to(policy.device)
+            chunks = micro_batches(trajs, mb, prefix)
+            positions, tokens = forward_positions(trajs, chunks, prefix)
+            work["decoder_positions"] += positions
+            work["decoder_tokens"] += tokens
+            for rows in chunks:
+                part = [trajs[i] for i in rows]
+                b = collate_trajectories(part, [advantages[i] for i in rows], pad_id=policy.pad_token_id).to(policy.device)
                 policy.model.train()
                 # entropy of the sampled positions' distributions: the collapse detector in the step metrics
                 logp, entropy = token_logprobs_and_entropy(policy.model, b.input_ids, b.attention_mask,
                                                            temperature=temperature, needed=b.loss_mask,
-                                                           prefix=prefix.for_rows(s, s + mb) if prefix else None)
+                                                           prefix=prefix.for_rows(rows) if prefix else None)
                 ref = None
                 if cfg.rft.beta > 0:
                     with torch.no_grad(), policy.reference() as ref_model:
@@ -180,6 +185,7 @@ class RFTMethod:
                 skipped = 1.0
                 break
         totals = {k: v / max(1, cfg.rft.updates_per_batch) for k, v in totals.items()}
+        totals.update(work)  # summed over the passes: the decoder's work this step
         totals["shared_prefix_tokens"] = float(prefix.tokens if prefix is not None else 0)
         if skipped:
             totals["loss"] = float("nan")

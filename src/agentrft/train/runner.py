@@ -123,6 +123,13 @@ def eval_policy(ctx: TrainContext, rows: list[dict], seed: int, step: int) -> di
     return summary
 
 
+def _runtime() -> dict[str, Any]:
+    """What this process computes with: recorded as an event each time a run starts or resumes."""
+    from agentrft import allocator
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "allocator": allocator.active()}
+
+
 def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
             grade: Callable | None = None, log: Callable[[str], None] = print) -> RunResult:
     """Run a training job to completion (or early stop); returns where it lives and its final eval.
@@ -182,6 +189,9 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
             created_at=time.time(),
         )
     store.set_status("running")
+    rt = _runtime()
+    store.log_event("runtime", f"torch {rt['torch']}, {rt['threads']} threads, {rt['allocator']} allocator", rt,
+                    step=state["step"])
 
     from tqdm import tqdm
 

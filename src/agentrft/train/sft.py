@@ -18,7 +18,7 @@ from agentrft.algo.losses import sft_loss
 from agentrft.errors import ConfigError
 from agentrft.rollout.episode import tools_for_row
 from agentrft.train.demonstrations import demonstration_trajectory
-from agentrft.train.optim import optimizer_step, shared_prefix
+from agentrft.train.optim import forward_positions, micro_batches, optimizer_step, shared_prefix
 
 
 def demonstrations_for(ctx, rows: list[dict], policy_name: str) -> list:
@@ -61,11 +61,13 @@ class SFTMethod:
         ctx.optimizer.zero_grad(set_to_none=True)
         policy.model.train()
         prefix = shared_prefix(ctx, batch)
-        for s in range(0, len(batch), mb):
-            part = batch[s : s + mb]
+        chunks = micro_batches(batch, mb, prefix)
+        positions, tokens = forward_positions(batch, chunks, prefix)
+        for rows in chunks:
+            part = [batch[i] for i in rows]
             b = collate_trajectories(part, [0.0] * len(part), pad_id=policy.pad_token_id).to(policy.device)
             logp = token_logprobs(policy.model, b.input_ids, b.attention_mask, needed=b.loss_mask,
-                                  prefix=prefix.for_rows(s, s + mb) if prefix else None)
+                                  prefix=prefix.for_rows(rows) if prefix else None)
             loss = sft_loss(logp, b.loss_mask) * (float(b.loss_mask.sum()) / max(1, n_tok))
             if not torch.isfinite(loss):
                 nonfinite = True
@@ -77,4 +79,5 @@ class SFTMethod:
         stepped, norm = optimizer_step(ctx, skip=nonfinite)
         return {"loss": total if stepped else float("nan"), "skipped": 0.0 if stepped else 1.0, "grad_norm": norm,
                 "tokens_trained": float(n_tok), "training_s": time.perf_counter() - t0,
-                "shared_prefix_tokens": float(prefix.tokens if prefix is not None else 0)}
+                "shared_prefix_tokens": float(prefix.tokens if prefix is not None else 0),
+                "decoder_positions": float(positions), "decoder_tokens": float(tokens)}
