@@ -9,26 +9,39 @@ learning rate 1e-5 with a constant schedule, PPO-clip eps 0.2 with token-mean
 loss aggregation (TRL's ``dapo`` loss type), 5 optimizer steps, the same seed.
 Each framework batches its own way: TRL trains its 16 completions as one
 batch; agentrft samples them as one batch and trains them in micro-batches of
-4 whose losses are weighted to the same update (less activation memory).
+8 whose losses are weighted to the same update (less activation memory).
 
-Each framework runs in its own child process (``--worker trl|agentrft``), so
-peak RSS is that framework's alone and neither warms caches for the other;
-the parent alternates them ``--repeats`` times and reports medians:
+Three arms, each in its own child process (``--worker trl|agentrft``), so
+peak RSS is that arm's alone and none warms caches for another:
+
+* ``agentrft``, as the ``agentrft`` command runs it: on tcmalloc where it is
+  installed (``agentrft.allocator``; ``make`` installs it),
+* ``trl``, as TRL's users run it: the C library's malloc,
+* ``trl_tcmalloc``: TRL on agentrft's allocator, to show what the allocator
+  alone is worth to it.
+
+The parent alternates them ``--repeats`` times (``--arms`` picks a subset)
+and reports medians:
 
 * seconds per step (median over all steps of all repeats; TRL's step is timed
   by a trainer callback, ours is the runner's ``step_time_s``: both include
   generation, reward and the update),
-* the ratio TRL / agentrft (> 1: agentrft is faster),
+* the ratio TRL / agentrft for both TRL arms (> 1: agentrft is faster),
 * peak RSS of each child (``ru_maxrss``), overall and over steps 1-4 (our
   runner writes a checkpoint after the last step; TRL here saves none),
 * generated tokens per second of step time, and per second of generation
   (TRL's ``model.generate`` is timed by wrapping it),
-* agentrft's training FLOP/s (6 x parameters x tokens through the model for
-  the decoder, 6 x head parameters x trained positions for the LM head) as a
-  fraction of the fp32 matmul peak measured in the same process (a 2048^3
-  product, best of 5, through MKL (``torch.mm``) and through oneDNN; the
-  higher of the two counts as the peak: agentrft's linear layers run on
-  oneDNN where it is faster, ``training.cpu_matmul``; TRL runs stock PyTorch).
+* agentrft's training FLOP/s as a fraction of the fp32 matmul peak measured
+  in the same process (a 2048^3 product, best of 5, through MKL
+  (``torch.mm``) and through oneDNN; the higher of the two counts as the
+  peak: agentrft's linear layers run on oneDNN where it is faster,
+  ``training.cpu_matmul``; TRL runs stock PyTorch). The FLOPs are the work
+  the update needs, as the trainer ran it: 6 x decoder parameters x the
+  decoder's tokens (a shared prompt prefix once, padding not counted: the
+  runner's ``decoder_tokens`` metric) plus 6 x head parameters x trained
+  positions (the head runs on those only). Reported over all steps and over
+  steps 3-5: steps 1-2 also pay one-time costs (the optimizer's state is
+  allocated in step 1; the first steps fault in the process's new memory).
 
     .venv/bin/pip install -e '.[bench]'      # TRL is a bench-only extra
     .venv/bin/python bench/grpo_vs_trl.py --json bench/results/grpo_vs_trl.json
@@ -141,9 +154,9 @@ def agentrft_config(out: Path, model: str = "smollm2-135m"):
         "rft": {"group_size": GROUP, "advantage": "grpo", "loss": "ppo_clip", "aggregation": "token_mean",
                 "beta": 0.0, "clip_eps_low": 0.2, "clip_eps_high": 0.2,
                 "filter_zero_variance": False},  # TRL trains zero-advantage groups too: same work
-        # the 16 completions are sampled in one batch and trained in micro-batches of 4 with the loss weighted
-        # so the update equals one batch of 16's: same job, 1.3 GB less peak memory (measured, 2 steps:
-        # peak RSS 5,040 / 4,623 / 3,693 MB at micro-batches of 16 / 8 / 4; training time the same or less)
+        # the 16 completions are sampled in one batch and trained in micro-batches of 8 with the loss weighted
+        # so the update equals one batch of 16's: same job, less memory (measured on tcmalloc, 5 steps: peak RSS
+        # 4,646 / 3,810 / 3,431 MB at micro-batches of 16 / 8 / 4; training steps 3-5: 3.4 / 3.2 / 3.8 s)
         "optim": {"learning_rate": LR, "micro_batch_size": MICRO_BATCH, "warmup_steps": 0},
         "rollout": {"max_turns": 1, "max_new_tokens": MAX_NEW_TOKENS, "temperature": 1.0, "max_total_tokens": 512},
     })
