@@ -170,6 +170,15 @@ def test_mcnemar_exact_p_and_paired_accuracy():
     res = paired_accuracy(a, b)
     assert (res["only_first_correct"], res["only_second_correct"], res["both_correct"]) == (1, 2, 1)
     assert res["p_value"] == mcnemar_exact_p(1, 2)
+    assert res["n_tasks"] == 4 and res["infra_failures_dropped"] == 0
+    # a task that failed on infrastructure in either eval is not a pair (summarize leaves it out of accuracy too)
+    from agentrft.types import StopReason
+
+    b_failed = graded({"t4": False, "t3": True, "t2": True, "t1": True})
+    b_failed[2].trajectory.stop_reason = StopReason.INFRA_ERROR  # t2: would have been "only the second correct"
+    res = paired_accuracy(a, b_failed)
+    assert (res["n_tasks"], res["infra_failures_dropped"]) == (3, 1)
+    assert (res["only_first_correct"], res["only_second_correct"], res["both_correct"]) == (1, 1, 1)
     with pytest.raises(ValueError, match="same tasks"):
         paired_accuracy(a, graded({"t1": True}))
     with pytest.raises(ValueError, match="one rollout per task"):

@@ -141,22 +141,28 @@ def mcnemar_exact_p(only_a: int, only_b: int) -> float:
 def paired_accuracy(a: list[GradedRollout], b: list[GradedRollout], threshold: float = 0.99) -> dict:
     """Compare two evals of the same tasks task by task (one rollout per task each): discordant counts and the
     exact McNemar p-value. Unlike two overlapping 95 % intervals this uses the pairing, so it is the test
-    that says whether an accuracy gain on one test set is more than noise."""
-    def outcomes(graded: list[GradedRollout]) -> dict[str, bool]:
-        out: dict[str, bool] = {}
+    that says whether an accuracy gain on one test set is more than noise.
+
+    A task where either eval failed on infrastructure (not the model's doing) is left out of the pairs, as
+    :func:`summarize` leaves such rollouts out of accuracy; ``infra_failures_dropped`` counts those tasks and
+    ``n_tasks`` the pairs compared."""
+    def outcomes(graded: list[GradedRollout]) -> dict[str, bool | None]:
+        out: dict[str, bool | None] = {}
         for g in graded:
             if g.trajectory.task_id in out:
                 raise ValueError(f"paired_accuracy needs one rollout per task; {g.trajectory.task_id!r} has several")
-            out[g.trajectory.task_id] = (not g.trajectory.is_infra_failure) and is_correct(g.grade, threshold)
+            out[g.trajectory.task_id] = None if g.trajectory.is_infra_failure else is_correct(g.grade, threshold)
         return out
 
     oa, ob = outcomes(a), outcomes(b)
     if oa.keys() != ob.keys():
         raise ValueError("paired_accuracy needs both evals on the same tasks")
-    only_a = sum(1 for t in oa if oa[t] and not ob[t])
-    only_b = sum(1 for t in oa if ob[t] and not oa[t])
-    return {"n_tasks": len(oa), "only_first_correct": only_a, "only_second_correct": only_b,
-            "both_correct": sum(1 for t in oa if oa[t] and ob[t]), "p_value": mcnemar_exact_p(only_a, only_b)}
+    pairs = [(oa[t], ob[t]) for t in oa if oa[t] is not None and ob[t] is not None]
+    only_a = sum(1 for x, y in pairs if x and not y)
+    only_b = sum(1 for x, y in pairs if y and not x)
+    return {"n_tasks": len(pairs), "only_first_correct": only_a, "only_second_correct": only_b,
+            "both_correct": sum(1 for x, y in pairs if x and y), "p_value": mcnemar_exact_p(only_a, only_b),
+            "infra_failures_dropped": len(oa) - len(pairs)}
 
 
 def evaluate_rows(

@@ -184,7 +184,8 @@ def verdict(sft: dict, rft: dict, paired: dict | None = None) -> dict:
     if paired is not None:
         out["paired"] = {"tasks": paired["n_tasks"], "only_sft_correct": paired["only_first_correct"],
                          "only_rft_correct": paired["only_second_correct"], "both_correct": paired["both_correct"],
-                         "mcnemar_p_value": p_value}
+                         "mcnemar_p_value": p_value,
+                         "infra_failures_dropped": paired.get("infra_failures_dropped", 0)}
     return out
 
 
