@@ -3,11 +3,13 @@
 Parsing and formatting tests script the sampler (a random tiny model never
 writes a well-formed tool call); generation tests use the real tiny model:
 answers equal a direct sampler call, concurrent requests are batched and still
-each get their own answer, seeds reproduce, usage counts the tokens.
+each get their own answer, seeds reproduce, usage counts the tokens. Streaming
+(``stream: true``) adds up to the plain answer and arrives while decoding.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -25,6 +27,11 @@ WEATHER_TOOL = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
+TWO_CALLS = ('Checking both.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
+             '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>')
+BROKEN_CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'
+
+
 @pytest.fixture(scope="module")
 def chat_format(tokenizer):
     return get_chat_format(tokenizer, "hermes")
@@ -40,10 +47,10 @@ def real(tiny_model, chat_format, openai_server):
         yield client, app, HFSampler(model, pad_token_id=tok.pad_token_id, prefix_cache_tokens=0)
 
 
-def scripted_app(chat_format, texts: list[str], **settings):
+def scripted_app(chat_format, texts: list[str], sampler_cls=ScriptedSampler, **settings):
     """An app whose 'model' answers ``texts`` in order (each closed with the end-of-turn token)."""
     ids = [chat_format.tokenizer.encode(t, add_special_tokens=False) + [chat_format.stop_token_ids[0]] for t in texts]
-    sampler = ScriptedSampler(ids)
+    sampler = sampler_cls(ids)
     settings = {"max_context": 4096, **settings}
     return create_app(sampler, chat_format, ServerSettings(model_name="scripted", **settings)), sampler
 
@@ -128,8 +135,8 @@ def test_errors_are_openai_errors_and_the_server_keeps_serving(real):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(**ok, tools=[WEATHER_TOOL], tool_choice="required")
     assert e.value.param == "tool_choice" and "not supported" in e.value.message
-    with pytest.raises(openai.BadRequestError, match="stream"):
-        client.chat.completions.create(**ok, stream=True)
+    with pytest.raises(openai.BadRequestError, match="stream_options"):
+        client.chat.completions.create(**ok, stream_options={"include_usage": True})  # without stream: true
     bad_requests = [
         dict(messages=[{"role": "wizard", "content": "hi"}]),
         dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
@@ -222,13 +229,15 @@ def test_tool_call_round_trip_renders_exactly_as_the_episode_loop(tokenizer, for
     assert r2.usage.completion_tokens == len(turn2)
 
 
+def weather_question() -> dict:
+    return dict(model="scripted", messages=user("Oslo and Rome?"), tools=[WEATHER_TOOL])
+
+
 def test_parallel_calls_with_content_and_malformed_calls(chat_format, openai_server):
-    two = ('Checking both.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n'
-           '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>')
-    broken = '<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>'
+    two, broken = TWO_CALLS, BROKEN_CALL
     app, _ = scripted_app(chat_format, [two, broken, two])
     with openai_server(app) as client:
-        ask = dict(model="scripted", messages=user("Oslo and Rome?"), tools=[WEATHER_TOOL])
+        ask = weather_question()
         r = client.chat.completions.create(**ask)
         msg = r.choices[0].message
         assert msg.content == "Checking both." and r.choices[0].finish_reason == "tool_calls"
@@ -275,3 +284,134 @@ def test_serve_in_background_reports_a_server_that_cannot_start(chat_format):
     with pytest.raises(AgentRFTError, match="did not start"):
         with serve_in_background(app, host="203.0.113.1", start_timeout_s=5):  # not an address of this machine
             raise AssertionError("a server bound to an address this machine does not have")
+
+
+# -- stream: true ------------------------------------------------------------------------------
+
+
+def collect(stream) -> dict:
+    """Assemble a streamed response the way a client does: content, tool calls, finish reasons, usage."""
+    out: dict = {"content": {}, "calls": {}, "finish": {}, "chunks": 0, "usage": None, "pieces": []}
+    for chunk in stream:
+        out["chunks"] += 1
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.usage is not None:
+            out["usage"] = chunk.usage
+        for c in chunk.choices:
+            if c.delta.content:
+                out["content"][c.index] = out["content"].get(c.index, "") + c.delta.content
+                out["pieces"].append(c.delta.content)
+            for call in c.delta.tool_calls or []:
+                slot = out["calls"].setdefault(c.index, {}).setdefault(call.index, {"name": "", "arguments": ""})
+                slot["id"] = call.id or slot.get("id")
+                slot["name"] += call.function.name or ""
+                slot["arguments"] += call.function.arguments or ""
+            if c.finish_reason:
+                out["finish"][c.index] = c.finish_reason
+    return out
+
+
+def test_a_streamed_greedy_answer_adds_up_to_the_plain_one(tiny_model, chat_format, openai_server):
+    model, tok = tiny_model
+    app = create_app(HFSampler(model, pad_token_id=tok.pad_token_id), chat_format, ServerSettings(model_name="tiny"))
+    with openai_server(app) as client:
+        ask = dict(model="tiny", messages=user("Name a colour."), temperature=0, max_tokens=12)
+        plain = client.chat.completions.create(**ask)
+        got = collect(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    assert got["content"][0] == plain.choices[0].message.content
+    assert got["finish"][0] == plain.choices[0].finish_reason
+    assert len(got["pieces"]) > 1  # in pieces, not one block at the end
+    assert got["usage"].completion_tokens == plain.usage.completion_tokens
+    assert got["usage"].prompt_tokens == plain.usage.prompt_tokens
+
+
+class GatedSampler(ScriptedSampler):
+    """Emits its first token, then waits until the test has seen it arrive over HTTP before decoding on."""
+
+    seen = threading.Event()
+
+    def generate(self, prompts, params, on_token=None):
+        def gated(row, token):  # the decode loop: blocked after the first token, whoever is listening
+            if on_token is not None:
+                on_token(row, token)
+            if not self.seen.is_set() and not self.seen.wait(timeout=10):
+                raise RuntimeError("the first token never reached the client while decoding")
+        return super().generate(prompts, params, on_token=gated)
+
+
+def test_tokens_reach_the_client_while_the_sampler_is_still_decoding(chat_format, openai_server):
+    app, _ = scripted_app(chat_format, ["Sunny all week in Oslo."], sampler_cls=GatedSampler)
+    GatedSampler.seen.clear()
+    with openai_server(app) as client:
+        stream = client.chat.completions.create(model="scripted", messages=user("Weather?"), stream=True)
+        text = ""
+        for chunk in stream:
+            for c in chunk.choices:
+                if c.delta.content:
+                    text += c.delta.content
+                    GatedSampler.seen.set()  # the sampler is blocked on this: only a real stream gets here
+    assert text == "Sunny all week in Oslo."
+
+
+def test_streamed_tool_calls_content_and_a_malformed_call(chat_format, openai_server):
+    app, _ = scripted_app(chat_format, [TWO_CALLS, TWO_CALLS, BROKEN_CALL])
+    with openai_server(app) as client:
+        ask = weather_question()
+        plain = client.chat.completions.create(**ask)
+        got = collect(client.chat.completions.create(**ask, stream=True))
+        assert all("<tool_call" not in p for p in got["pieces"])  # a call never leaks out as text
+        assert got["content"][0] == plain.choices[0].message.content == "Checking both."
+        assert got["finish"][0] == "tool_calls"
+        calls = [got["calls"][0][k] for k in sorted(got["calls"][0])]
+        assert [(c["name"], c["arguments"]) for c in calls] == [
+            (c.function.name, c.function.arguments) for c in plain.choices[0].message.tool_calls]
+        assert all(c["id"] for c in calls)
+        got = collect(client.chat.completions.create(**ask, stream=True))  # malformed: the text, as content
+    assert got["content"][0] == BROKEN_CALL and got["finish"][0] == "stop" and not got["calls"]
+
+
+def test_streamed_stop_strings_never_leak_and_multibyte_characters_arrive_whole(chat_format, openai_server):
+    text = "Hello there. The end. More text."
+    emoji = "Café ☕ and 🦜 ok"
+    app, _ = scripted_app(chat_format, [text, emoji])
+    with openai_server(app) as client:
+        got = collect(client.chat.completions.create(model="scripted", messages=user("hi"), stream=True,
+                                                     stop=["end."]))
+        assert got["content"][0] == "Hello there. The " and got["finish"][0] == "stop"
+        # deltas cannot be taken back: the equality says no piece of "end." was ever sent
+        got = collect(client.chat.completions.create(model="scripted", messages=user("hi"), stream=True))
+    assert got["content"][0] == emoji and all("\ufffd" not in p for p in got["pieces"])
+
+
+def test_n_streams_each_choice_under_its_index(chat_format, openai_server):
+    app, _ = scripted_app(chat_format, ["first answer", "second, longer answer"])
+    with openai_server(app) as client:
+        got = collect(client.chat.completions.create(model="scripted", messages=user("hi"), n=2, stream=True))
+    assert got["content"] == {0: "first answer", 1: "second, longer answer"}
+    assert got["finish"] == {0: "stop", 1: "stop"}
+
+
+def test_a_sampler_failure_mid_stream_is_an_error_event_and_the_server_keeps_serving(chat_format, openai_server):
+    app, sampler = scripted_app(chat_format, ["fine"])
+    with openai_server(app) as client:
+        sampler.script.clear()
+        with pytest.raises(openai.APIError, match="ran out"):
+            collect(client.chat.completions.create(model="scripted", messages=user("hi"), stream=True))
+        sampler.script.append(chat_format.tokenizer.encode("ok", add_special_tokens=False))
+        got = collect(client.chat.completions.create(model="scripted", messages=user("hi"), stream=True, max_tokens=5))
+    assert got["content"][0] == "ok" and got["finish"][0] == "length"
+
+
+def test_batched_streams_each_get_only_their_own_tokens(chat_format, openai_server):
+    answers = ["alpha beta gamma delta", "one two three four five six"]
+    ids = [chat_format.tokenizer.encode(t, add_special_tokens=False) + [chat_format.stop_token_ids[0]] for t in answers]
+    sampler = ScriptedSampler(ids)
+    app = create_app(sampler, chat_format, ServerSettings(model_name="scripted", max_context=4096, batch_window_s=0.3))
+    with openai_server(app) as client:
+        def ask(q: str) -> str:
+            return collect(client.chat.completions.create(model="scripted", messages=user(q), stream=True))["content"][0]
+
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(ask, ["A?", "B?"]))
+    assert [len(call) for call in sampler.calls] == [2]  # one batched call decoded both
+    assert sorted(got) == sorted(answers)  # each stream is one whole answer: no tokens of the other

@@ -24,9 +24,19 @@ so batching never changes a greedy answer. Rows run to the batch's longest
 run are what a run of k tokens samples). Tokenisation and parsing stay on the
 event loop's thread, so the tokenizer is never used from two threads either.
 
+Streaming (``stream: true``): server-sent ``chat.completion.chunk`` events
+as the tokens are sampled (the sampler's ``on_token`` callback, called from
+the decode loop; a batch mate's tokens never reach another request's stream).
+Text is sent once it is safe: not a partial UTF-8 character, not possibly the
+start of a ``stop`` string, and, when tools are offered, not from the first
+``<tool_call>`` on (a call is sent whole, as one ``tool_calls`` delta, once
+the turn has ended and parsed; a malformed one arrives as content). The
+deltas add up to the non-streamed response, except that the text before a
+tool call may keep whitespace the parsed ``content`` strips.
+``stream_options.include_usage`` adds the usage chunk.
+
 Departures from the OpenAI API, rejected with a 400 rather than ignored:
-``stream: true`` (the sampler returns whole completions; chunking a finished
-answer would only pretend to stream), ``tool_choice`` ``"required"`` or a named
+``tool_choice`` ``"required"`` or a named
 function (that needs constrained decoding), ``logprobs``, non-zero penalties,
 ``logit_bias`` and structured ``response_format``. A tool call the model wrote
 badly is returned as plain ``content`` (``finish_reason`` ``stop``/``length``),
@@ -38,6 +48,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import json
 import logging
 import queue
 import threading
@@ -47,12 +59,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agentrft.errors import AgentRFTError
-from agentrft.models.chat_format import message_text, message_tool_calls, normalize_tool_schema
+from agentrft.models.chat_format import TOOL_CALL_OPEN, message_text, message_tool_calls, normalize_tool_schema
 from agentrft.rollout.episode import normalize_messages
 from agentrft.rollout.sampler import Completion, Sampler, SamplingParams
 
@@ -145,8 +157,12 @@ def _check_supported(req: ChatCompletionRequest) -> None:
     def refuse(param: str, why: str) -> None:
         raise APIError(400, f"{param}: {why}", param=param, code="unsupported_parameter")
 
-    if req.stream:
-        refuse("stream", "streaming is not supported by this server; send stream: false (or omit it)")
+    if req.stream_options is not None:
+        if not req.stream:
+            raise APIError(400, "stream_options: only allowed when stream is true", param="stream_options")
+        unknown = sorted(set(req.stream_options) - {"include_usage", "include_obfuscation"})
+        if unknown:
+            refuse(f"stream_options.{unknown[0]}", "not supported by this server (include_usage is)")
     if req.logprobs or req.top_logprobs:
         refuse("logprobs", "logprobs are not supported by this server")
     for name in ("presence_penalty", "frequency_penalty"):
@@ -218,6 +234,7 @@ class _Job:
     stop_token_ids: tuple[int, ...]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    stream: asyncio.Queue | None = None  # (choice index, token id) as they are sampled, for stream: true
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one sampler call."""
@@ -240,6 +257,10 @@ class BatchingGenerator:
         """Requests served, sampler calls made, and the most sequences one call decoded."""
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        try:
+            self._can_stream = "on_token" in inspect.signature(sampler.generate).parameters
+        except (TypeError, ValueError):
+            self._can_stream = False
 
     def start(self) -> None:
         if self._thread is None:
@@ -253,13 +274,15 @@ class BatchingGenerator:
             self._thread = None
 
     async def generate(self, prompt: list[int], *, n: int, max_new_tokens: int, temperature: float, top_p: float,
-                       seed: int | None, stop_token_ids: tuple[int, ...]) -> list[Completion]:
-        """``n`` completions of ``prompt``; raises what the sampler raised."""
+                       seed: int | None, stop_token_ids: tuple[int, ...],
+                       stream: asyncio.Queue | None = None) -> list[Completion]:
+        """``n`` completions of ``prompt``; raises what the sampler raised. With ``stream``, each sampled token
+        is also put there as ``(choice index, token id)`` as it comes (all of them before this returns)."""
         if self._thread is None:
             raise RuntimeError("the generator is not running (start() it, or serve the app through its lifespan)")
         loop = asyncio.get_running_loop()
         job = _Job(list(prompt), n, max_new_tokens, temperature, top_p, seed, tuple(stop_token_ids), loop,
-                   loop.create_future())
+                   loop.create_future(), stream)
         self._queue.put(job)
         return await job.future
 
@@ -316,8 +339,26 @@ class BatchingGenerator:
             seed=first.seed if first.batch_key()[0] == "seeded" else None,
         )
         prompts = [j.prompt for j in batch for _ in range(j.n)]
+        rows = [(j, c) for j in batch for c in range(j.n)]
+        sent = [0] * len(rows)
+
+        def on_token(row: int, token: int) -> None:  # on this worker thread, from the decode loop
+            job, choice = rows[row]
+            if job.stream is not None and sent[row] < job.max_new_tokens:  # rows run to the batch's longest
+                sent[row] += 1
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is reading any more
+                    job.loop.call_soon_threadsafe(job.stream.put_nowait, (choice, token))
+
+        streaming = any(j.stream is not None for j in batch)
         try:
-            completions = self.sampler.generate(prompts, params)
+            if streaming and self._can_stream:
+                completions = self.sampler.generate(prompts, params, on_token=on_token)
+            else:
+                completions = self.sampler.generate(prompts, params)
+                if streaming:  # a sampler without on_token: its tokens arrive when the whole answer is done
+                    for row, c in enumerate(completions):
+                        for token in c.token_ids:
+                            on_token(row, token)
         except Exception as e:  # the requests fail, the server keeps serving
             for j in batch:
                 _settle(j, error=e)
@@ -386,6 +427,71 @@ def _choice(index: int, comp: Completion, chat_format, parse_tools: bool, stops:
                        "tool_calls": [c.to_openai() for c in parsed.tool_calls]}
             finish = "tool_calls"
     return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}, count
+
+
+def _held_back(text: str, markers: Sequence[str]) -> int:
+    """Length of the longest end of ``text`` that is the start of one of ``markers`` (it may still become one)."""
+    best = 0
+    for marker in markers:
+        for k in range(min(len(marker) - 1, len(text)), best, -1):
+            if text.endswith(marker[:k]):
+                best = k
+                break
+    return best
+
+
+class _StreamedChoice:
+    """One choice of a streamed response: its tokens so far, and the part of their text already sent."""
+
+    def __init__(self, chat_format, stops: Sequence[str], parse_tools: bool) -> None:
+        self.chat_format, self.stops, self.parse_tools = chat_format, list(stops), parse_tools
+        self.ids: list[int] = []
+        self.sent = ""
+        self.closed = False  # end of turn, a stop string or a tool call: no more text streams
+
+    def push(self, token: int) -> str:
+        """The content delta this token makes safe to send ("" when none)."""
+        if self.closed:
+            return ""
+        if token in self.chat_format.stop_token_ids:
+            self.closed = True
+            return ""
+        self.ids.append(token)
+        text = self.chat_format.decode(self.ids)
+        safe = len(text.rstrip("\ufffd"))  # a partial UTF-8 character decodes as U+FFFD until it completes
+        if self.stops:
+            cut = _first_stop(text, self.stops)
+            if cut is not None:
+                safe, self.closed = min(safe, cut), True
+            else:
+                safe = min(safe, len(text) - _held_back(text, self.stops))
+        if self.parse_tools:
+            at = text.find(TOOL_CALL_OPEN)
+            if at >= 0:
+                safe, self.closed = min(safe, at), True
+            else:
+                safe = min(safe, len(text) - _held_back(text, [TOOL_CALL_OPEN]))
+            safe = len(text[:safe].rstrip())  # whitespace waits for more text: parsed content is stripped
+        if safe > len(self.sent) and text.startswith(self.sent):
+            delta, self.sent = text[len(self.sent) : safe], text[:safe]
+            return delta
+        return ""
+
+    def finish(self, choice: dict) -> list[dict]:
+        """The last deltas of this choice, given its whole (non-streamed) ``choice``: the rest of the content,
+        the tool calls, the finish reason."""
+        message = choice["message"]
+        content = message.get("content") or ""
+        deltas: list[dict] = []
+        if len(content) > len(self.sent) and content.startswith(self.sent):
+            deltas.append({"index": choice["index"], "delta": {"content": content[len(self.sent) :]},
+                           "logprobs": None, "finish_reason": None})
+        if message.get("tool_calls"):
+            calls = [{"index": k, **call} for k, call in enumerate(message["tool_calls"])]
+            deltas.append({"index": choice["index"], "delta": {"tool_calls": calls}, "logprobs": None,
+                           "finish_reason": None})
+        deltas.append({"index": choice["index"], "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]})
+        return deltas
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -476,13 +582,17 @@ def create_app(sampler: Sampler, chat_format, settings: ServerSettings) -> FastA
             max_tokens = min(settings.default_max_tokens, room)
 
         temperature = 1.0 if req.temperature is None else req.temperature
-        completions = await engine.generate(
-            prompt, n=req.n, max_new_tokens=max_tokens, temperature=temperature,
-            top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
-            stop_token_ids=tuple(chat_format.stop_token_ids))
-
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         parse_tools = bool(tools) and req.tool_choice != "none"
+        generation = dict(n=req.n, max_new_tokens=max_tokens, temperature=temperature,
+                          top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
+                          stop_token_ids=tuple(chat_format.stop_token_ids))
+        if req.stream:
+            usage = bool((req.stream_options or {}).get("include_usage"))
+            return StreamingResponse(stream(prompt, generation, stops, parse_tools, usage),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        completions = await engine.generate(prompt, **generation)
+
         choices, n_completion = [], 0
         for i, comp in enumerate(completions):
             choice, count = _choice(i, comp, chat_format, parse_tools, stops)
@@ -498,6 +608,59 @@ def create_app(sampler: Sampler, chat_format, settings: ServerSettings) -> FastA
                       "total_tokens": n_prompt + n_completion},
             "system_fingerprint": None,
         })
+
+    async def stream(prompt: list[int], generation: dict, stops: list[str], parse_tools: bool, usage: bool):
+        """Server-sent events: a role chunk per choice, content deltas as tokens come, then each choice's end."""
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": settings.model_name, "system_fingerprint": None}
+
+        def event(choices: list[dict], **extra: Any) -> str:
+            body = {**head, "choices": choices, **({"usage": None} if usage else {}), **extra}
+            return f"data: {json.dumps(body)}\n\n"
+
+        n = generation["n"]
+        states = [_StreamedChoice(chat_format, stops, parse_tools) for _ in range(n)]
+        tokens: asyncio.Queue = asyncio.Queue()
+        task = asyncio.ensure_future(engine.generate(prompt, stream=tokens, **generation))
+        try:
+            for i in range(n):
+                yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}])
+            while True:
+                getter = asyncio.ensure_future(tokens.get())
+                await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                choice, token = getter.result()
+                delta = states[choice].push(token)
+                if delta:
+                    yield event([{"index": choice, "delta": {"content": delta}, "logprobs": None, "finish_reason": None}])
+            while not tokens.empty():  # the worker hands every token over before the result
+                choice, token = tokens.get_nowait()
+                delta = states[choice].push(token)
+                if delta:
+                    yield event([{"index": choice, "delta": {"content": delta}, "logprobs": None, "finish_reason": None}])
+            try:
+                completions = task.result()
+            except Exception as e:  # the headers are sent: the error goes in the stream, as OpenAI's does
+                logger.exception("streamed chat completion failed")
+                error = {"message": f"generation failed: {type(e).__name__}: {e}", "type": "server_error",
+                         "param": None, "code": None}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                return
+            n_completion = 0
+            for i, comp in enumerate(completions):
+                choice, count = _choice(i, comp, chat_format, parse_tools, stops)
+                n_completion += count
+                for delta in states[i].finish(choice):
+                    yield event([delta])
+            if usage:
+                yield event([], usage={"prompt_tokens": len(prompt), "completion_tokens": n_completion,
+                                       "total_tokens": len(prompt) + n_completion})
+            yield "data: [DONE]\n\n"
+        finally:
+            task.cancel()  # the client went away first: a request still waiting is dropped from the queue
 
     return app
 

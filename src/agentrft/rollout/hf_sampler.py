@@ -33,7 +33,7 @@ C = longest cached prefix, S = longest uncached suffix, H/D = KV heads/dim.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -165,7 +165,10 @@ class HFSampler:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_token: Callable[[int, int], None] | None = None) -> list[Completion]:
+        """Continue each prompt. ``on_token(row, token_id)``, when given, is called for each token as soon as it
+        is sampled (the row indexes ``prompts``), from the calling thread: what a streaming server forwards."""
         version = self._weights_version()
         if version != self._cache_weights_version:
             self.release()
@@ -180,11 +183,12 @@ class HFSampler:
             chunk = prompts[start : start + self.max_batch_size]
             if self.prefix_cache_tokens:
                 self._share_common_prefix(chunk)
-            out.extend(self._generate_batch(chunk, params, gen))
+            out.extend(self._generate_batch(chunk, params, gen, on_token, start))
         return out
 
     @torch.no_grad()
-    def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams, gen: torch.Generator) -> list[Completion]:
+    def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams, gen: torch.Generator,
+                        on_token: Callable[[int, int], None] | None = None, first_row: int = 0) -> list[Completion]:
         model, device = self.model, self.device
         was_training = model.training
         model.eval()
@@ -228,6 +232,8 @@ class HFSampler:
                 if not finished[i]:
                     tokens[i].append(int(next_tok[i]))
                     logps[i].append(float(next_logp[i]))
+                    if on_token is not None:
+                        on_token(first_row + i, tokens[i][-1])
             hit_stop = torch.isin(next_tok, stop_ids) & ~finished
             for i in torch.nonzero(hit_stop).flatten().tolist():
                 stopped[i] = True

@@ -8,7 +8,7 @@ test double (:class:`ScriptedSampler`) used to drive rollouts in tests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,10 @@ class Completion:
 
 class Sampler(Protocol):
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
-        """Continue each prompt. ``len(result) == len(prompts)``."""
+        """Continue each prompt. ``len(result) == len(prompts)``.
+
+        A sampler that can stream also accepts ``on_token=callback``: ``callback(row, token_id)`` as each token
+        is sampled (``HFSampler``, ``ScriptedSampler``); the server streams through it where it exists."""
         ...
 
 
@@ -44,7 +47,8 @@ class ScriptedSampler:
     script: list[list[int]]
     calls: list[list[list[int]]] = field(default_factory=list)
 
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_token: Callable[[int, int], None] | None = None) -> list[Completion]:
         self.calls.append([list(p) for p in prompts])
         out = []
         for _ in prompts:
@@ -55,4 +59,9 @@ class ScriptedSampler:
             if len(ids) > params.max_new_tokens:
                 ids, stopped = ids[: params.max_new_tokens], False
             out.append(Completion(ids, [-0.5] * len(ids), "stop" if stopped else "length"))
+        if on_token is not None:  # one token of every row per step, as a batched decoder emits them
+            for k in range(max((len(c.token_ids) for c in out), default=0)):
+                for row, c in enumerate(out):
+                    if k < len(c.token_ids):
+                        on_token(row, c.token_ids[k])
         return out
