@@ -45,9 +45,9 @@ def info_cmd(as_json: bool) -> None:
     import torch
 
     from agentrft import allocator
-    from agentrft.models.onednn import _verdict
+    from agentrft.models.onednn import auto_choice
 
-    usable, faster, why = _verdict()
+    matmul, why = auto_choice()
     facts = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -55,7 +55,7 @@ def info_cmd(as_json: bool) -> None:
         "allocator": allocator.active(),
         "tcmalloc_installed": allocator.find_tcmalloc() is not None,
         "ld_preload_for_children": os.environ.get("LD_PRELOAD"),
-        "cpu_matmul_auto": "onednn" if usable and faster else "mkl",
+        "cpu_matmul_auto": matmul,
         "cpu_matmul_check": why,
     }
     if as_json:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from agentrft.errors import ConfigError
 
-__all__ = ["OneDNNLinear", "choose", "linear", "onednn_op", "use_onednn", "uses_onednn"]
+__all__ = ["OneDNNLinear", "auto_choice", "choose", "linear", "onednn_op", "use_onednn", "uses_onednn"]
 
 Choice = Literal["auto", "onednn", "mkl"]
 
@@ -83,6 +83,12 @@ def _verdict() -> tuple[bool, bool, str]:
 
     t_dnn, t_mkl = best(lambda: _mm(x, w)), best(lambda: F.linear(x, w))
     return True, t_dnn < t_mkl, f"oneDNN {t_dnn * 1e3:.2f} ms vs MKL {t_mkl * 1e3:.2f} ms on a 512x576x1536 product"
+
+
+def auto_choice() -> tuple[str, str]:
+    """What ``training.cpu_matmul: auto`` picks for float32 on this CPU (``onednn`` or ``mkl``), and why."""
+    usable, faster, why = _verdict()
+    return ("onednn" if usable and faster else "mkl"), why
 
 
 def choose(setting: Choice, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> bool:
