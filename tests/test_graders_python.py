@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -75,6 +77,81 @@ def test_wall_clock_timeout_kills_the_process_group():
     g = _grade(src, limits=PythonLimits(timeout_s=1.5, cpu_s=30))
     assert time.monotonic() - start < 8
     assert g.errors["python_grader_runtime_error"] and "timed out after 1.5s" in g.error_messages[0]
+
+
+# A child of the grader that reports its pid (written then renamed, so the file is whole) and keeps
+# running; it inherits the grader's stderr pipe, so it holds the output open.
+SPAWNS_CHILD = (
+    "import os, subprocess, sys, time\n"
+    "CHILD = 'import os, sys, time; p = sys.argv[1]; open(p + \".tmp\", \"w\").write(str(os.getpid())); "
+    "os.rename(p + \".tmp\", p); time.sleep(30)'\n"
+    "def grade(sample, item):\n"
+    "    subprocess.Popen([sys.executable, '-c', CHILD, item['marker']], start_new_session=item['setsid'])\n"
+    "    while not os.path.exists(item['marker']):\n"
+    "        time.sleep(0.01)\n"
+    "    time.sleep(item['then_sleep'])\n"
+    "    return 1.0\n"
+)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    give_up = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def test_grader_returns_when_it_exits_and_its_leftover_child_is_killed(tmp_path):
+    # grade() returns at once but leaves a child that holds stderr open: the grade is the result, now,
+    # not a timeout; and the child dies with the run. Popen.communicate would wait for the child's EOF
+    # until the timeout and then report a timeout instead of the score.
+    marker = tmp_path / "child.pid"
+    start = time.monotonic()
+    item = {"marker": str(marker), "setsid": False, "then_sleep": 0}
+    g = _grade(SPAWNS_CHILD, item=item, limits=PythonLimits(timeout_s=10, cpu_s=5))
+    elapsed = time.monotonic() - start
+    pid = int(marker.read_text())
+    try:
+        assert g.reward == 1.0 and not g.has_error, g.error_messages
+        assert elapsed < 5, f"the grade waited {elapsed:.1f}s for a leftover child"
+        assert _gone_within(pid, 2.0), "the grader's child outlived the grade"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_timeout_does_not_wait_for_a_child_that_left_the_process_group(tmp_path):
+    # The child calls setsid(): killing the process group cannot reach it, and it still holds stderr.
+    # The grade must still end at the timeout (plus a bounded drain), never wait for the child to exit.
+    marker = tmp_path / "child.pid"
+    start = time.monotonic()
+    item = {"marker": str(marker), "setsid": True, "then_sleep": 60}
+    g = _grade(SPAWNS_CHILD, item=item, limits=PythonLimits(timeout_s=1.5, cpu_s=30))
+    elapsed = time.monotonic() - start
+    pid = int(marker.read_text())
+    try:
+        assert g.errors["python_grader_runtime_error"] and "timed out after 1.5s" in g.error_messages[0]
+        assert elapsed < 6, f"the grade waited {elapsed:.1f}s for a child outside its process group"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_output_flood_is_cut_at_the_cap():
+    src = "import sys\ndef grade(s, i):\n    while True:\n        sys.stderr.write('x' * 65536)\n"
+    start = time.monotonic()
+    g = _grade(src, limits=PythonLimits(timeout_s=20, cpu_s=10, max_output_bytes=1_000_000))
+    assert time.monotonic() - start < 10
+    assert g.errors["python_grader_runtime_error"] and "more than 1000000 bytes" in g.error_messages[0]
 
 
 def test_cpu_limit():

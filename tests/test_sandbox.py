@@ -377,6 +377,22 @@ def test_unsafe_fallback_warns_and_still_limits():
         assert r.timed_out and r.wall_s < 3
 
 
+def test_unsafe_fallback_run_ends_with_its_program_and_kills_what_it_left():
+    # Without a pid namespace the run is a process group: when the program exits, a background job that
+    # still holds the output pipes is killed and the run returns, as it does inside bwrap.
+    marker = "agentrft-bg-" + uuid.uuid4().hex
+    cfg = SandboxConfig(bwrap="/nonexistent/bwrap", allow_unsafe_fallback=True, wall_time_s=10)
+    with pytest.warns(RuntimeWarning, match="WITHOUT ISOLATION"):
+        sb = Sandbox(cfg)
+    with sb:
+        r = sb.run_shell(f"python3 -c 'import time; time.sleep(30)' {marker} & echo started")
+    assert r.ok and r.stdout == "started\n" and not r.timed_out and r.wall_s < 5
+    give_up = time.monotonic() + 2
+    while processes_with(marker) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    assert processes_with(marker) == []
+
+
 # -- tools ---------------------------------------------------------------------------------------
 
 

@@ -6,6 +6,15 @@ minimal environment -- the parent's variables, API keys included, are not
 passed on. The sample and item go in on stdin as JSON; the score comes back
 on the original stdout while the user's own prints are diverted to stderr.
 
+This module is the grader's *policy* (the argv, the environment, the limits
+the runner sets on itself). Starting, streaming and reaping the process is
+:func:`agentrft.tools.sandbox.process.run_process`, the same process control
+that runs the model's code in the sandbox: so the grader's stdout and stderr
+are read as they stream under an output cap (``max_output_bytes``), the run
+ends at the wall-clock timeout or when the runner exits, and whatever it left
+in its process group is killed then, so a background child can neither hold
+the grade open nor outlive it.
+
 Limits (:class:`PythonLimits`):
 
 * CPU seconds, address space and file size are set with ``resource.setrlimit``
@@ -15,7 +24,10 @@ Limits (:class:`PythonLimits`):
   from threads; limits set in the child before any user code runs are just
   as binding and are inherited by anything the user code spawns;
 * a wall-clock timeout, after which the whole process group is killed
-  (the child leads its own session);
+  (the runner leads its own session; a child that calls ``setsid()`` leaves
+  the group and is not killed);
+* an output cap on stdout + stderr together, beyond which the process group
+  is killed;
 * no network: when ``unshare -rn true`` works on this machine the process runs
   in a new, empty network namespace (``unshare -rn``: no interfaces, not even
   a usable loopback). Otherwise the runner replaces ``socket.socket`` and
@@ -24,9 +36,9 @@ Limits (:class:`PythonLimits`):
   :func:`network_isolation`. ``image_tag`` is accepted but the local
   interpreter (and its installed packages) runs the code.
 
-Any exception, timeout, crash or non-number/NaN/infinite result gives score 0
-with ``python_grader_runtime_error`` and the message; a process that could not
-be started at all gives ``python_grader_server_error``.
+Any exception, timeout, crash, output flood or non-number/NaN/infinite result
+gives score 0 with ``python_grader_runtime_error`` and the message; a process
+that could not be started at all gives ``python_grader_server_error``.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ from agentrft.graders.base import (
     GradingFailure,
 )
 from agentrft.graders.spec import PythonSpec
+from agentrft.tools.sandbox.process import Containment, Launch, RunLimits, run_process
 
 Isolation = Literal["auto", "namespace", "socket_patch"]
 
@@ -63,6 +76,7 @@ class PythonLimits:
     memory_mb: int = 1024  # RLIMIT_AS (address space)
     file_size_mb: int = 16  # RLIMIT_FSIZE
     isolation: Isolation = "auto"  # network isolation; auto = namespace when available
+    max_output_bytes: int = 4 * 2**20  # stdout + stderr kept; more kills the process group
 
 
 @lru_cache(maxsize=1)
@@ -134,42 +148,43 @@ def run_python_grader(source: str, sample: dict[str, Any], item: dict[str, Any],
     except (TypeError, ValueError) as e:
         raise GradingFailure(SAMPLE_PARSE_ERROR, f"sample/item are not JSON-serialisable: {e}") from None
 
-    cmd = [sys.executable, "-I", "-c", _RUNNER]
-    if isolation == "namespace":
-        cmd = [shutil.which("unshare") or "unshare", "-rn", *cmd]
     workdir = tempfile.mkdtemp(prefix="agentrft-pygrader-")
-    env = {"PATH": os.defpath, "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": workdir}
     try:
         try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+            result = run_process(
+                _grader_argv(isolation),
+                _LAUNCH,
+                RunLimits(wall_time_s=limits.timeout_s, max_output_bytes=limits.max_output_bytes),
+                stdin=payload,
                 cwd=workdir,
-                env=env,
-                start_new_session=True,  # own process group: a timeout kills everything it spawned
+                env={"PATH": os.defpath, "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": workdir},
             )
         except OSError as e:
             raise GradingFailure(PYTHON_GRADER_SERVER_ERROR, f"could not start the python grader process: {e}") from None
-        try:
-            out, err = proc.communicate(payload, timeout=limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            proc.communicate()
-            raise GradingFailure(
-                PYTHON_GRADER_RUNTIME_ERROR, f"python grader timed out after {limits.timeout_s}s (process group killed)"
-            ) from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return _read_result(proc.returncode, out, err)
+    if result.killed_reason == "wall_time":
+        raise GradingFailure(
+            PYTHON_GRADER_RUNTIME_ERROR, f"python grader timed out after {limits.timeout_s}s (process group killed)"
+        )
+    if result.killed_reason == "output_limit":
+        raise GradingFailure(
+            PYTHON_GRADER_RUNTIME_ERROR,
+            f"python grader wrote more than {limits.max_output_bytes} bytes of output (process group killed)",
+        )
+    return _read_result(result.returncode, result.stdout, result.stderr)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+# The grader runs as our own user in its own process group (the runner leads a new session).
+_LAUNCH = Launch(containment=Containment.PROCESS_GROUP)
+
+
+def _grader_argv(isolation: Literal["namespace", "socket_patch"]) -> list[str]:
+    """The runner's command line: ``python -I`` with the runner program, in a new network namespace when asked."""
+    argv = [sys.executable, "-I", "-c", _RUNNER]
+    if isolation == "namespace":
+        argv = [shutil.which("unshare") or "unshare", "-rn", *argv]
+    return argv
 
 
 def _read_result(returncode: int, out: bytes, err: bytes) -> float:

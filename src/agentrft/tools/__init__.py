@@ -37,8 +37,8 @@ _LAZY = {
     "SandboxConfig": "agentrft.tools.sandbox",
     "Guardrails": "agentrft.tools.guardrails",
     "GuardrailConfig": "agentrft.tools.guardrails",
-    "PythonTool": "agentrft.tools.sandbox",
-    "ShellTool": "agentrft.tools.sandbox",
+    "PythonTool": "agentrft.tools.code_tools",
+    "ShellTool": "agentrft.tools.code_tools",
 }
 
 __all__ = [
