@@ -288,3 +288,12 @@ def test_rewriting_template_is_rejected(tokenizer):
         cf.check_prefix_preserving(conv)
     with pytest.raises(TemplateNotPrefixPreservingError, match="use chat_format: hermes"):
         cf.followup_tokens([{"role": "user", "content": "c"}])
+
+
+def test_both_formats_satisfy_the_chat_format_protocol(hermes, templated):
+    assert {"name", "stop_token_ids"} <= set(ChatFormat.__annotations__)
+    for fmt, name in ((hermes, "hermes"), (templated, "template")):
+        assert isinstance(fmt, ChatFormat)
+        assert fmt.name == name and fmt.stop_token_ids
+    nameless = type("Nameless", (), {k: getattr(hermes, k) for k in dir(ChatFormat) if not k.startswith("_")})()
+    assert not isinstance(nameless, ChatFormat)

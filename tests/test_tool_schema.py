@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from agentrft.errors import ToolDefinitionError
 from agentrft.tools import FunctionTool, SchemaOnlyTool, Tool, ToolContext, ToolFailure, function_schema, run_sync, tool
-from agentrft.tools.schema import parse_docstring
+from agentrft.tools.schema import describe_schema_error, parse_docstring
 from agentrft.types import ToolErrorKind
 
 CTX = ToolContext(trace_id="trace-1", call_id="call-1", turn=2, item={"answer": 42})
@@ -256,3 +256,11 @@ def test_decorating_after_a_first_schema_is_not_served_stale():
     assert function_schema(lookup)["function"]["name"] == "lookup"
     tool(name="find")(lookup)
     assert function_schema(lookup)["function"]["name"] == "find"
+
+
+def test_describe_schema_error_names_the_path_only_below_the_top():
+    validator = Draft202012Validator({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]})
+    (top,) = validator.iter_errors({})
+    (nested,) = validator.iter_errors({"q": 3})
+    assert describe_schema_error(top) == "'q' is a required property"
+    assert describe_schema_error(nested) == "3 is not of type 'string' (at $.q)"

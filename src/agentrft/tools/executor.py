@@ -50,18 +50,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, relevance
 
 from agentrft.errors import ConfigError, ToolDefinitionError
 from agentrft.tools.base import Tool, ToolContext, ToolFailure, run_sync
-from agentrft.tools.schema import result_text
+from agentrft.tools.guardrails import Guardrails
+from agentrft.tools.schema import describe_schema_error, result_text
 from agentrft.types import TaskRow, ToolCall, ToolCallRecord, ToolError, ToolErrorKind
-
-if TYPE_CHECKING:  # pragma: no cover - guardrails import this module
-    from agentrft.tools.guardrails import Guardrails
 
 __all__ = ["ToolExecutor", "ToolLimits", "error_text", "truncate_text"]
 
@@ -98,7 +95,7 @@ class ToolExecutor:
         limits: ToolLimits | None = None,
         trace_id: str | None = None,
         item: TaskRow | None = None,
-        guardrails: "Guardrails | None" = None,
+        guardrails: Guardrails | None = None,
     ):
         self.limits = limits or ToolLimits()
         self.trace_id = trace_id or uuid.uuid4().hex
@@ -177,7 +174,7 @@ class ToolExecutor:
             return ToolError(ToolErrorKind.UNKNOWN_TOOL, f"unknown tool {call.name!r}; available tools: {available}")
         problems = sorted(self._validators[call.name].iter_errors(call.arguments), key=relevance, reverse=True)
         if problems:
-            shown = [_describe(e) for e in problems[:MAX_SCHEMA_ERRORS_SHOWN]]
+            shown = [describe_schema_error(e) for e in problems[:MAX_SCHEMA_ERRORS_SHOWN]]
             if len(problems) > MAX_SCHEMA_ERRORS_SHOWN:
                 shown.append(f"and {len(problems) - MAX_SCHEMA_ERRORS_SHOWN} more")
             return ToolError(ToolErrorKind.INVALID_ARGUMENTS, "; ".join(shown))
@@ -219,11 +216,6 @@ def truncate_text(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     return f"{text[:max_chars]}\n[truncated: {len(text) - max_chars} characters omitted]"
-
-
-def _describe(error: Any) -> str:
-    """A jsonschema ValidationError as ``message`` or ``message (at $.path)``."""
-    return error.message if not error.absolute_path else f"{error.message} (at {error.json_path})"
 
 
 def _validator(t: Tool) -> Draft202012Validator:

@@ -54,7 +54,7 @@ from jsonschema.exceptions import SchemaError, relevance
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentrft.errors import ConfigError
-from agentrft.tools.executor import _describe  # one wording for every JSON-schema failure the model sees
+from agentrft.tools.schema import describe_schema_error
 from agentrft.types import TaskRow, ToolCall, ToolError, ToolErrorKind, Trajectory
 
 __all__ = [
@@ -198,7 +198,8 @@ class Guardrails:
         if validator is not None:
             problems = sorted(validator.iter_errors(call.arguments), key=relevance, reverse=True)
             if problems:
-                return f"arguments of {name!r} break a policy: " + "; ".join(_describe(e) for e in problems[:5])
+                shown = "; ".join(describe_schema_error(e) for e in problems[:5])
+                return f"arguments of {name!r} break a policy: {shown}"
         check = self.argument_checks.get(name)
         if check is not None:
             try:

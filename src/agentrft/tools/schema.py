@@ -57,6 +57,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, overload
 
+from jsonschema.exceptions import ValidationError as JSONSchemaValidationError
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import to_jsonable_python
 
@@ -65,7 +66,15 @@ from agentrft.tools.base import ToolContext, ToolFailure, run_blocking
 from agentrft.tools.http_endpoint import function_schema_name, normalize_function_schema
 from agentrft.types import ToolErrorKind
 
-__all__ = ["FunctionTool", "SchemaOnlyTool", "function_schema", "parse_docstring", "result_text", "tool"]
+__all__ = [
+    "FunctionTool",
+    "SchemaOnlyTool",
+    "describe_schema_error",
+    "function_schema",
+    "parse_docstring",
+    "result_text",
+    "tool",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -183,6 +192,16 @@ def result_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=_jsonable)
     except (TypeError, ValueError):  # circular references and the like
         return str(value)
+
+
+def describe_schema_error(error: JSONSchemaValidationError) -> str:
+    """A JSON-schema validation error as the model sees it: ``message`` or ``message (at $.path)``.
+
+    One wording for every schema check on tool arguments (the executor's
+    ``parameters`` validation and the guardrails' argument policies), so the
+    model learns one error shape.
+    """
+    return error.message if not error.absolute_path else f"{error.message} (at {error.json_path})"
 
 
 def _jsonable(value: Any) -> Any:
