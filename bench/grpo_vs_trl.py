@@ -95,29 +95,6 @@ def addition_reward(text: str, answer: str) -> float:
     return 0.2 if numbers else 0.0
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Best-of-``repeats`` fp32 FLOP/s of an n x n x n product on this process's threads, per library:
-    ``mkl`` (``torch.mm``, PyTorch's default) and ``onednn`` (what agentrft's linear layers use where faster)."""
-    import torch
-
-    from agentrft.models.onednn import linear, onednn_op
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    products = {"mkl": lambda: torch.mm(a, b)}
-    if onednn_op() is not None:
-        products["onednn"] = lambda: linear(a, b)
-    peaks = {}
-    for name, f in products.items():
-        f()  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f()
-            best = min(best, time.perf_counter() - t0)
-        peaks[name] = 2 * n**3 / best
-    return peaks
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -127,8 +104,7 @@ def peak_rss_mb() -> float:
 
 def env_spec():
     """The addition task as an agentrft environment (no tools: single-turn rollouts)."""
-    from agentrft.envs.registry import EnvSpec
-    from agentrft.tools.environment import Environment
+    from agentrft.tools.environment import Environment, EnvSpec
     from agentrft.types import Grade
 
     rows = make_rows()
@@ -168,6 +144,7 @@ def run_agentrft(out: Path) -> dict:
     from agentrft import allocator
 
     from agentrft.jobs.store import RunStore
+    from agentrft.machine import cpu_model, matmul_peak_flops
     from agentrft.models.onednn import uses_onednn
     from agentrft.train.runner import run_job
 
@@ -214,6 +191,7 @@ def run_agentrft(out: Path) -> dict:
         "padding_fraction": 1 - sum(m["decoder_tokens"] for m in steps) / sum(m["decoder_positions"] for m in steps),
         "decoder_tokens": [m["decoder_tokens"] for m in steps],
         "decoder_positions": [m["decoder_positions"] for m in steps],
+        "cpu": cpu_model(),
         "matmul_peak_flops_per_s": peak,
         "matmul_peak_flops_per_s_by_library": peaks,
         "linear_layers": "onednn" if uses_onednn(model) else "mkl",
@@ -411,6 +389,7 @@ def main() -> None:
                                           for lib in runs["agentrft"][0]["matmul_peak_flops_per_s_by_library"]}
                                          if runs.get("agentrft") else None,
         "agentrft_linear_layers": runs["agentrft"][0]["linear_layers"] if runs.get("agentrft") else None,
+        "cpu": runs["agentrft"][0]["cpu"] if runs.get("agentrft") else None,
         "runs": runs,
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))

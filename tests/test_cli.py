@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from agentrft.cli import main
 from agentrft.evaluation import GradedRollout
-from agentrft.graders.cli import variance_report
+from agentrft.evaluation import variance_report
 from agentrft.types import Grade, Trajectory
 
 SUMMARY_KEYS = {"reward_mean", "accuracy", "tool_calls_per_rollout", "tool_error_rate", "tokens_mean", "wall_s"}

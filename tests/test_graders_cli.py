@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from agentrft.graders import load_grader
-from agentrft.graders.cli import grader as grader_cli
+from agentrft.cli.grader import grader as grader_cli
 from agentrft.graders.probes import find_reference, make_probes, run_probes
 from agentrft.graders.testing import ScriptedChatServer
 

@@ -107,6 +107,12 @@ def test_choose_follows_the_setting(monkeypatch):
         onednn._verdict.cache_clear()
 
 
+def test_auto_takes_onednn_only_when_it_is_clearly_faster():
+    assert onednn.clearly_faster(3.0, 6.0)  # AVX-512 EPYC: about 2x
+    assert not onednn.clearly_faster(5.9, 6.3)  # within the noise of one process to the next: keep MKL
+    assert not onednn.clearly_faster(6.3, 5.9)
+
+
 def test_config_takes_the_setting_and_rejects_others():
     base = {"method": "rft", "data": {"env": "toy"}}
     assert load_config({**base, "training": {"cpu_matmul": "mkl"}}).training.cpu_matmul == "mkl"

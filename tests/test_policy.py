@@ -5,7 +5,7 @@ import pytest
 from agentrft.config import load_config
 from agentrft.errors import ConfigError
 from agentrft.models.loading import make_tiny_model
-from agentrft.train.policy import build_policy
+from agentrft.models.policy import build_policy
 
 
 def _cfg(**lora):
@@ -41,7 +41,7 @@ def _lora_params(policy, layer: int) -> list:
 def test_train_top_layers_keeps_every_adapter_but_trains_only_the_top_ones():
     import torch
 
-    from agentrft.train.policy import build_optimizer
+    from agentrft.train.optim import build_optimizer
 
     model, tok = make_tiny_model(num_layers=3)
     policy = build_policy(_cfg(train_top_layers=1), model, tok)
@@ -121,6 +121,7 @@ def test_a_sparse_gradient_alone_is_made_dense_before_the_step():
 
     import torch
 
+    from agentrft.rollout.sampler import ScriptedSampler
     from agentrft.train.optim import optimizer_step
 
     embed = torch.nn.Embedding(10, 4, sparse=True)
@@ -129,7 +130,8 @@ def test_a_sparse_gradient_alone_is_made_dense_before_the_step():
     optimizer = torch.optim.AdamW([embed.weight], lr=0.1, weight_decay=0.0, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     ctx = SimpleNamespace(policy=SimpleNamespace(trainable_parameters=lambda: [embed.weight]), optimizer=optimizer,
-                          scheduler=scheduler, cfg=SimpleNamespace(optim=SimpleNamespace(max_grad_norm=1.0)))
+                          scheduler=scheduler, cfg=SimpleNamespace(optim=SimpleNamespace(max_grad_norm=1.0)),
+                          sampler=ScriptedSampler([]))
     before = embed.weight.detach().clone()
     stepped, norm = optimizer_step(ctx)
     assert stepped and norm == pytest.approx(8**0.5)  # two rows of four ones

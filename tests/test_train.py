@@ -114,7 +114,9 @@ def _train_until_killed(cfg: Path, run_dir: Path, kill_after_step: int) -> None:
 
 @pytest.mark.slow
 def test_kill9_then_resume_matches_uninterrupted_run(tmp_path, tiny_model_dir):
-    steps = {"training__max_steps": 6, "training__eval_interval": 6}
+    # Two independent starts must compute with the same matmul library: ``auto`` times both at each start
+    # and may pick differently on a busy machine (a resume reuses its own start's pick: tested below).
+    steps = {"training__max_steps": 6, "training__eval_interval": 6, "training__cpu_matmul": "mkl"}
     full = write_config(tmp_path / "full.yaml", tiny_model_dir, tmp_path / "full", **steps)
     assert run_cli("train", str(full)).returncode == 0
 
@@ -324,3 +326,22 @@ def test_optimizer_step_invalidates_the_samplers_prefix_cache_even_when_fused(ti
     stepped, _ = optimizer_step(ctx)
     assert stepped and sampler._weights_version() == version  # the counters did not move ...
     assert not sampler._cache  # ... and the stale keys/values are gone anyway
+
+
+def test_cpu_matmul_auto_is_pinned_per_run_so_a_resume_computes_as_the_start_did(tmp_path, monkeypatch):
+    """``auto`` times oneDNN against MKL at start; under load two processes can pick differently, and a
+    resumed run on the other library would not be bit-identical. The first start's pick is saved and reused."""
+    from agentrft.models import onednn
+    from agentrft.train.runner import _pin_cpu_matmul
+
+    cfg = load_config({"method": "rft"})
+    with RunStore(tmp_path / "run") as store:
+        monkeypatch.setattr(onednn, "auto_choice", lambda: ("mkl", "timed"))
+        pinned = _pin_cpu_matmul(cfg, store)
+        assert pinned.training.cpu_matmul == "mkl" and cfg.training.cpu_matmul == "auto"
+        store.create_run(run_id="run", method="rft", resolved_config=pinned.model_dump(mode="json"), hashes={},
+                         created_at=0.0)
+        monkeypatch.setattr(onednn, "auto_choice", lambda: ("onednn", "timed"))  # the resumed process would flip
+        assert _pin_cpu_matmul(cfg, store).training.cpu_matmul == "mkl"
+        explicit = load_config({"method": "rft", "training": {"cpu_matmul": "onednn"}})
+        assert _pin_cpu_matmul(explicit, store).training.cpu_matmul == "onednn"  # a setting is never overridden

@@ -15,6 +15,7 @@ with their OpenAI names and mapped onto ours (see :meth:`JobConfig.resolved`):
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +23,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agentrft.algo.advantages import AdvantageEstimator, Credit
+from agentrft.algo.losses import Aggregation, PolicyLoss
 from agentrft.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False, use_attribute_docstrings=True)
 
 
 class Method(str, Enum):
@@ -35,21 +38,41 @@ class Method(str, Enum):
     RFT = "rft"
 
 
-class AdvantageName(str, Enum):
-    GRPO = "grpo"
-    DR_GRPO = "dr_grpo"
-    RLOO = "rloo"
+EVAL_TEMPERATURE = 0.0
+"""Sampling temperature of evaluations unless set: a run's periodic eval (``training.eval_temperature``) and
+``agentrft eval``/``rollout`` (``--temperature``). Greedy, so two evals differ by the policy, not by the draws."""
 
 
-class CreditName(str, Enum):
-    TRAJECTORY = "trajectory"
-    PER_TURN = "per_turn"
+class RolloutConfig(BaseModel):
+    """Limits and sampling settings of one rollout: the one source for every path that rolls out a model.
 
+    A training job's ``rollout`` section (RFT's sampling), a run's periodic eval (the same settings with the
+    eval temperature), ``agentrft eval`` / ``agentrft rollout`` / ``agentrft grader variance`` (their options
+    are generated from these fields) and the episode loop all read this class. The defaults describe sampling
+    from the policy's own distribution (temperature 1, no top-p cut: what the RFT loss assumes) with room for
+    a few tool calls and an answer: 6 assistant turns of at most 192 tokens each within 2,048 tokens in all.
+    """
 
-class LossName(str, Enum):
-    PPO_CLIP = "ppo_clip"
-    DAPO = "dapo"
-    GSPO = "gspo"
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    max_turns: int = Field(6, ge=1)
+    """Assistant turns per rollout (each turn is one sampler call)."""
+    max_new_tokens: int = Field(192, ge=1)
+    """Sampled tokens per assistant turn."""
+    max_total_tokens: int = Field(2048, ge=16)
+    """Whole-rollout token budget: prompt, sampled tokens and tool output."""
+    temperature: float = Field(1.0, ge=0)
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling: draw only from the smallest set of tokens whose probability reaches this."""
+    tool_timeout_s: float = Field(30.0, gt=0)
+    """Deadline of each tool call, in seconds."""
+    max_tool_calls: int = Field(16, ge=0)
+    """Tool-call budget per rollout, counted across turns."""
+    max_tool_output_chars: int = Field(4000, ge=1)
+    """Longer tool results are truncated before they reach the model."""
+    seed: int | None = None
+    """Base seed of the sampler's draws (each turn derives its own); none: fresh randomness."""
 
 
 class DataConfig(_Section):
@@ -114,9 +137,9 @@ class OptimConfig(_Section):
 class RFTConfig(_Section):
     group_size: int = Field(4, ge=2)
     """Rollouts per task (the group advantages are computed over)."""
-    advantage: AdvantageName = AdvantageName.GRPO
-    loss: LossName = LossName.PPO_CLIP
-    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] | None = None
+    advantage: AdvantageEstimator = AdvantageEstimator.GRPO
+    loss: PolicyLoss = PolicyLoss.PPO_CLIP
+    aggregation: Aggregation | None = None
     """How per-token losses are averaged; default: the loss's own (DAPO token_mean, else seq_mean_token_mean).
     ``seq_mean_token_sum_norm`` is Dr.GRPO's constant normaliser (``rollout.max_total_tokens``)."""
     clip_eps_low: float = Field(0.2, gt=0)
@@ -127,7 +150,7 @@ class RFTConfig(_Section):
     """Optimizer passes over each sampled batch (old logprobs fixed at sampling time)."""
     filter_zero_variance: bool = True
     """Drop groups whose rewards are all equal (no learning signal); counted in metrics."""
-    credit: CreditName = CreditName.TRAJECTORY
+    credit: Credit = Credit.TRAJECTORY
     """``trajectory``: the reward's advantage reaches every sampled token of every turn. ``per_turn``: each
     assistant turn gets the advantage of its discounted return, with the graders' per-turn rewards
     (``Grade.turn_rewards``) where they provide them (see :func:`agentrft.algo.turn_advantages`)."""
@@ -137,18 +160,6 @@ class RFTConfig(_Section):
 
 class DPOConfig(_Section):
     beta: float = Field(0.1, gt=0)
-
-
-class RolloutSection(_Section):
-    max_turns: int = Field(4, ge=1)
-    max_new_tokens: int = Field(128, ge=1)
-    max_total_tokens: int = Field(2048, ge=16)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    tool_timeout_s: float = Field(30.0, gt=0)
-    max_tool_calls: int = Field(16, ge=0)
-    eval_temperature: float = Field(0.0, ge=0)
-    """Sampling temperature for validation evals (0 = greedy, lower-variance figures)."""
 
 
 class Hyperparameters(_Section):
@@ -177,6 +188,9 @@ class TrainingConfig(_Section):
     early_stop_patience: int | None = Field(None, ge=1)
     """Stop when validation reward has not improved by ``early_stop_min_delta`` for this many evals."""
     early_stop_min_delta: float = 0.0
+    eval_temperature: float = Field(EVAL_TEMPERATURE, ge=0)
+    """Sampling temperature of the periodic evals (0 = greedy, lower-variance figures); the other settings are
+    ``rollout``'s (see :meth:`JobConfig.eval_rollout`)."""
     keep_best_k: int = Field(2, ge=1)
     checkpoint_interval: int = Field(5, ge=1)
     max_grader_error_rate: float = Field(0.5, ge=0, le=1)
@@ -208,7 +222,8 @@ class JobConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     rft: RFTConfig = RFTConfig()
     dpo: DPOConfig = DPOConfig()
-    rollout: RolloutSection = RolloutSection()
+    rollout: RolloutConfig = RolloutConfig()
+    """RFT's sampling settings (``seed`` is derived per step from the job's ``seed``; leave it unset)."""
     hyperparameters: Hyperparameters = Hyperparameters()
     grader: dict[str, Any] | str | None = None
     """Grader spec (OpenAI JSON, inline or a path); default: the environment's grader."""
@@ -232,12 +247,12 @@ class JobConfig(_Section):
                 raise ValueError(f"method 'dpo' takes its pairs from one source; got {' and '.join(sources)}")
         if self.method == Method.SFT and not (self.data.demonstrations or self.data.demonstrations_file):
             raise ValueError("method 'sft' needs data.demonstrations (an oracle policy name) or data.demonstrations_file")
-        if self.rft.clip_eps_high < self.rft.clip_eps_low and self.rft.loss == LossName.DAPO:
+        if self.rft.clip_eps_high < self.rft.clip_eps_low and self.rft.loss == PolicyLoss.DAPO:
             raise ValueError("rft.clip_eps_high must be >= rft.clip_eps_low for DAPO's clip-higher")
-        if self.rft.credit is CreditName.PER_TURN and self.rft.loss is LossName.GSPO:
+        if self.rft.credit is Credit.PER_TURN and self.rft.loss is PolicyLoss.GSPO:
             raise ValueError("rft.credit 'per_turn' needs a token-level loss (ppo_clip or dapo); "
                              "gspo's ratio and advantage are one per sequence")
-        if self.rft.gamma != 1.0 and self.rft.credit is CreditName.TRAJECTORY:
+        if self.rft.gamma != 1.0 and self.rft.credit is Credit.TRAJECTORY:
             raise ValueError("rft.gamma discounts per-turn returns; set rft.credit: per_turn to use it")
         if self.tools is not None and not (self.data.train_file and self.grader is not None):
             raise ValueError("'tools' (external tool servers) needs data.train_file and a grader spec")
@@ -249,7 +264,21 @@ class JobConfig(_Section):
                              f"({self.lora.top_layers}): layers without adapters have nothing to train")
         if self.method != Method.RFT and self.rft.beta > 0:
             raise ValueError("rft.beta is an RFT setting; it has no effect with method " + self.method.value)
+        if self.rollout.seed is not None:
+            raise ValueError("rollout.seed: a job derives its sampling seeds from the top-level 'seed' (per step, "
+                             "and for its evals); set that instead")
         return self
+
+    def step_rollout(self, step: int) -> RolloutConfig:
+        """RFT's rollout settings at ``step``: ``rollout`` with a seed that is a pure function of (seed, step),
+        so a resumed run samples what the uninterrupted one would have."""
+        return self.rollout.model_copy(update={"seed": self.seed * 100_003 + step})
+
+    def eval_rollout(self) -> RolloutConfig:
+        """The periodic eval's rollout settings: ``rollout`` at ``training.eval_temperature``, no top-p cut,
+        seeded by the job's ``seed``. ``agentrft eval`` with the same values rolls out the same trajectories."""
+        return self.rollout.model_copy(update={"temperature": self.training.eval_temperature, "top_p": 1.0,
+                                               "seed": self.seed})
 
     def resolved(self) -> "JobConfig":
         """Apply OpenAI-style ``hyperparameters`` onto the native sections; returns a new config."""
@@ -285,6 +314,21 @@ def _format_validation_error(e: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+MOVED_KEYS = {"rollout.eval_temperature": "training.eval_temperature"}
+"""Keys that moved: a config that uses the old path gets an error naming the new one."""
+
+
+def migrate_stored(raw: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config saved by an earlier version (``run.db``), with moved keys at their new paths."""
+    raw = json.loads(json.dumps(raw))
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = raw.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            raw.setdefault(new_section, {}).setdefault(new_key, section.pop(old_key))
+    return raw
+
+
 def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] | None = None) -> JobConfig:
     """Load and validate a job config from a YAML path or a dict; raise ConfigError with key paths."""
     name = "<dict>"
@@ -302,6 +346,10 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         raise ConfigError(f"config {name} must be a mapping at the top level, got {type(raw).__name__}")
     for key, value in (overrides or {}).items():
         _set_path(raw, key, value)
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise ConfigError(f"invalid config {name}:\n  {old}: this key is now {new}")
     try:
         return JobConfig.model_validate(raw).resolved()
     except ValidationError as e:

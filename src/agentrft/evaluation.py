@@ -18,11 +18,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from agentrft.envs.registry import EnvSpec
-from agentrft.rollout.episode import RolloutConfig, run_episodes
+from agentrft.config import RolloutConfig
+from agentrft.models.chat_format import ChatFormat
+from agentrft.rollout.episode import run_episodes
 from agentrft.rollout.sampler import Sampler
+from agentrft.tools.environment import EnvSpec
 from agentrft.types import Grade, TaskRow, Trajectory
 
 
@@ -165,14 +167,19 @@ def paired_accuracy(a: list[GradedRollout], b: list[GradedRollout], threshold: f
             "infra_failures_dropped": len(oa) - len(pairs)}
 
 
+EVAL_BATCH_SIZE = 16
+"""Rollouts sampled together by an eval (a run's periodic eval and ``agentrft eval`` alike): the batch a
+greedy row is decoded in is part of what makes two evals give identical tokens."""
+
+
 def evaluate_rows(
     rows: list[TaskRow],
     env: EnvSpec,
     sampler: Sampler,
-    chat_format,
+    chat_format: ChatFormat,
     config: RolloutConfig,
     samples: int = 1,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
     grade: Callable[[Trajectory, TaskRow], Grade] | None = None,
 ) -> list[GradedRollout]:
@@ -212,3 +219,26 @@ def _atomic_write(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def variance_report(graded: list[GradedRollout], samples: int) -> dict[str, Any]:
+    """Per-task spread of rewards over ``samples`` rollouts each (graded in task-major order)."""
+    import statistics
+
+    per_task = []
+    for start in range(0, len(graded), samples):
+        rewards = [gr.grade.reward for gr in graded[start : start + samples]]
+        per_task.append({"task_id": graded[start].trajectory.task_id, "rewards": rewards,
+                         "std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0})
+    zero = sum(1 for t in per_task if max(t["rewards"]) - min(t["rewards"]) <= 1e-6)
+    all_rewards = [r for t in per_task for r in t["rewards"]]
+    return {
+        "tasks": len(per_task),
+        "samples": samples,
+        "reward_mean": statistics.fmean(all_rewards) if all_rewards else 0.0,
+        "per_task_std_mean": statistics.fmean(t["std"] for t in per_task) if per_task else 0.0,
+        "zero_variance_tasks": zero,
+        "zero_variance_fraction": zero / len(per_task) if per_task else 0.0,
+        "grader_errors": sum(1 for gr in graded if gr.grade.has_error),
+        "per_task": per_task,
+    }

@@ -19,8 +19,9 @@ an agent's production logs look like, and it is what gives RFT something to
 choose between. SFT imitates the majority habit (greedy decoding follows the
 verbose path); sampled at temperature 0.7 the SFT policy still takes the short
 path now and then, and the cost-aware reward ranks it first within its group.
-An SFT on verbose traces only (measured at stop 6) leaves no short path in the
-policy's samples, so RFT had zero-variance groups and nothing to learn from.
+An SFT on verbose traces only leaves no short path in the policy's samples, so
+RFT has zero-variance groups and nothing to learn from (measured; the history is
+in CHANGELOG.md).
 
 ``verdict`` in quickstart.json states whether the issue's target was met:
 RFT beats SFT by >= 15 accuracy points, or makes >= 40 % fewer tool calls per
@@ -35,11 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from agentrft.config import load_config
+from agentrft.config import RolloutConfig, load_config
 from agentrft.envs.registry import get_env
 from agentrft.evaluation import evaluate_rows, paired_accuracy, summarize, write_eval_outputs
 from agentrft.graders.numeric import grade_numeric
-from agentrft.rollout.episode import RolloutConfig
 from agentrft.rollout.hf_sampler import HFSampler
 from agentrft.types import Grade, StopReason, TaskRow, Trajectory
 
@@ -57,9 +57,9 @@ class QuickstartRecipe:
     sft_lr: float = 1e-3
     rft_steps: int = 4
     rft_tasks_per_step: int = 8
-    """8 tasks x 4 steps since stop 11 (4 tasks x 5 steps before): with 4 tasks per step one unlucky batch
-    could undo a step (1 seed in 4 drifted to more calls), with 6 one still did; with 8 all four seeds met
-    the target (measured, docs/training.md). A fifth step would not fit the 15-minute budget."""
+    """With 4 tasks per step one unlucky batch could undo a step (1 seed in 4 drifted to more calls), with 6
+    one still did; with 8 all four seeds met the target (measured: CHANGELOG.md). A fifth step would not fit
+    the 15-minute budget."""
     rft_group: int = 4
     rft_lr: float = 2e-4
     rft_credit: str = "trajectory"
@@ -70,8 +70,8 @@ class QuickstartRecipe:
     rft_temperature: float = 0.7
     """Sampling temperature of RFT rollouts: at 1.0 the SFT policy wanders and most groups score all zero."""
     tool_cost: float = 0.25
-    """Efficiency lost per tool call beyond the two an efficient agent needs (search, read). 0.15 until stop
-    10: one RFT seed in four met the target (measured); 0.25 with the answer gate: see docs/training.md."""
+    """Efficiency lost per tool call beyond the two an efficient agent needs (search, read); with 0.15 one
+    RFT seed in four met the target (measured: CHANGELOG.md)."""
     correctness_weight: float = 0.7
     """Reward = 0.7 x correctness + 0.3 x efficiency (see :func:`cost_aware_reward`)."""
     max_turns: int = 7
@@ -111,8 +111,8 @@ def cost_aware_reward(cost: float, correctness_weight: float = 0.7, free_calls: 
     Why gated on an answer too: a rollout that reads the gold filing and then
     calls until ``max_turns`` never answers, yet earned 0.3 x (1 - 5 x cost)
     for its reading, more than a wrong answer earns; in groups where no one
-    was right RFT reinforced not answering, and one quickstart run (stop 10,
-    seed 2) collapsed into every rollout calling until ``max_turns`` (0 %
+    was right RFT reinforced not answering, and a quickstart run without this
+    gate (seed 2) collapsed into every rollout calling until ``max_turns`` (0 %
     accuracy, 7.00 calls). Only rollouts that end with an answer
     (``StopReason.ANSWER``) earn efficiency.
 
@@ -233,7 +233,7 @@ def run_quickstart(out_dir: str | Path, model: str = "smollm2-135m", recipe: Qui
     }
 
     # 1. baseline -----------------------------------------------------------------
-    from agentrft.train.policy import build_policy
+    from agentrft.models.policy import build_policy
 
     t0 = time.perf_counter()
     base_cfg = load_config({**common, "method": "rft", "lora": {"enabled": False}})

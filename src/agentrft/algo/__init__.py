@@ -9,6 +9,7 @@ Each choice is a typed enum value mapped to a function by a registry.
 from agentrft.algo.advantages import (
     ADVANTAGE_ESTIMATORS,
     AdvantageEstimator,
+    Credit,
     compute_advantages,
     discounted_turn_returns,
     turn_advantages,
@@ -37,6 +38,7 @@ __all__ = [
     "POLICY_LOSSES",
     "AdvantageEstimator",
     "Aggregation",
+    "Credit",
     "LossConfig",
     "LossOutput",
     "PolicyLoss",

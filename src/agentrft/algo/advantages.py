@@ -52,7 +52,7 @@ turn; the scale is the estimator's over the start returns ``V_i = G_{i,1}``:
 
 Why a baseline per turn index: ``G_{i,t}`` is the return *from* turn t, so
 it no longer contains the costs of earlier turns, while the start returns do.
-Measured against the start returns (stop 8's version), a later detour looks
+Measured against the start returns instead, a later detour looks
 better than the first one and, with costs split onto turns, can even get a
 positive advantage for making one more call: the group mean of the returns
 at turn t is the group's estimate of what a rollout that is still going at
@@ -81,6 +81,15 @@ class AdvantageEstimator(str, Enum):
     GRPO = "grpo"
     DR_GRPO = "dr_grpo"
     RLOO = "rloo"
+
+
+class Credit(str, Enum):
+    """Which tokens a rollout's advantage reaches."""
+
+    TRAJECTORY = "trajectory"
+    """The reward's advantage reaches every sampled token of every turn (:func:`compute_advantages`)."""
+    PER_TURN = "per_turn"
+    """Each assistant turn gets the advantage of its discounted return (:func:`turn_advantages`)."""
 
 
 def group_zscore(rewards: Tensor, eps: float = 1e-6) -> Tensor:

@@ -2,7 +2,8 @@
 
 A click group the main CLI mounts as ``grader``. Each command is a thin
 wrapper over the library (:func:`load_grader`, :func:`grade_batch`,
-:func:`run_probes`), so everything here is also a Python API.
+:func:`run_probes`, :func:`~agentrft.evaluation.variance_report`), so
+everything here is also a Python API.
 
 Exit codes: 0 success; 1 a test case failed or a probe was flagged (with
 ``--fail-on-flag``); 2 bad input (invalid spec, unreadable file).
@@ -17,6 +18,8 @@ from typing import Any
 
 import click
 
+from agentrft.cli.common import MODEL_HELP, fail, pop_rollout_config, rollout_options
+from agentrft.config import RolloutConfig
 from agentrft.errors import AgentRFTError
 from agentrft.graders.batch import grade_batch
 from agentrft.graders.loader import load_grader
@@ -26,8 +29,7 @@ from agentrft.graders.spec import grader_version, parse_spec, read_spec
 
 
 def _fail(message: str) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(2)
+    fail(message)
 
 
 def _json_or_file(value: str, what: str, text_ok: bool = False) -> Any:
@@ -183,45 +185,36 @@ def probe_cmd(spec: str, data: str, threshold: float, reference_key: str | None,
 
 @grader.command("variance")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--model", default="smollm2-135m", show_default=True,
-              help="Bundled model name, local HF model folder, or a training run directory (RUN_DIR[@step=N]).")
+@click.option("--model", default="smollm2-135m", show_default=True, help=MODEL_HELP)
 @click.option("--env", "env_name", default="finance", show_default=True)
 @click.option("--split", default="validation", show_default=True)
 @click.option("--limit", default=16, show_default=True, help="Tasks to sample.")
 @click.option("--samples", default=4, show_default=True, help="Samples per task.")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--max-turns", default=4, show_default=True)
-@click.option("--max-new-tokens", default=96, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@rollout_options(RolloutConfig(seed=0))
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 @judge_options
-def variance_cmd(spec: str, model: str, env_name: str, split: str, limit: int, samples: int, temperature: float,
-                 max_turns: int, max_new_tokens: int, seed: int, json_out: str | None, **judge: Any) -> None:
+def variance_cmd(spec: str, model: str, env_name: str, split: str, limit: int, samples: int, json_out: str | None,
+                 judge_base_url: str | None, judge_api_key: str | None, judge_model: str | None, **options: Any) -> None:
     """Is there a learning signal? N samples per task with the current model; per-task score spread.
 
     Tasks whose samples all score the same give GRPO-style training nothing to
     learn from; a high zero-variance fraction means: change the grader (more
-    continuous), the tasks (easier/harder), or warm-start with SFT first.
+    continuous), the tasks (easier/harder), or warm-start with SFT first. The
+    rollout options default to RFT's sampling (``rollout`` of a training config).
     """
-    from agentrft.envs.registry import get_env
-    from agentrft.errors import AgentRFTError
-    from agentrft.evaluation import evaluate_rows
-    from agentrft.jobs.trained import load_any_model
-    from agentrft.models.chat_format import get_chat_format
-    from agentrft.rollout.episode import RolloutConfig
-    from agentrft.rollout.hf_sampler import HFSampler
+    from agentrft.cli.common import sampler_and_format
+    from agentrft.envs.registry import task_source
+    from agentrft.evaluation import evaluate_rows, variance_report
 
-    g = _load(spec, **judge)
+    g = _load(spec, judge_base_url, judge_api_key, judge_model)
     try:
-        env = get_env(env_name)
-        rows = env.load_split(split)[:limit]
-        loaded = load_any_model(model)  # a run directory samples with the run's weights and chat format
-        chat_format = get_chat_format(loaded.tokenizer, loaded.chat_format)
+        cfg = pop_rollout_config(options)
+        source = task_source(env_name, split)
+        rows = source.rows[:limit]
+        sampler, chat_format = sampler_and_format(model, "auto")  # a run directory: its weights and chat format
     except AgentRFTError as e:
         _fail(str(e))
-    cfg = RolloutConfig(max_turns=max_turns, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    sampler = HFSampler(loaded.model, pad_token_id=loaded.tokenizer.pad_token_id)
-    graded = evaluate_rows(rows, env, sampler, chat_format, cfg, samples=samples, batch_size=max(samples, 8),
+    graded = evaluate_rows(rows, source.env, sampler, chat_format, cfg, samples=samples, batch_size=max(samples, 8),
                            grade=g.grade)
     report = variance_report(graded, samples)
     click.echo(f"grader {g.name!r} version {g.version}: {len(rows)} tasks x {samples} samples")
@@ -231,26 +224,3 @@ def variance_cmd(spec: str, model: str, env_name: str, split: str, limit: int, s
     click.echo(f"  grader errors: {report['grader_errors']}")
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
-
-
-def variance_report(graded: list, samples: int) -> dict[str, Any]:
-    """Per-task spread of rewards over ``samples`` rollouts each (graded in task-major order)."""
-    import statistics
-
-    per_task = []
-    for start in range(0, len(graded), samples):
-        rewards = [gr.grade.reward for gr in graded[start : start + samples]]
-        per_task.append({"task_id": graded[start].trajectory.task_id, "rewards": rewards,
-                         "std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0})
-    zero = sum(1 for t in per_task if max(t["rewards"]) - min(t["rewards"]) <= 1e-6)
-    all_rewards = [r for t in per_task for r in t["rewards"]]
-    return {
-        "tasks": len(per_task),
-        "samples": samples,
-        "reward_mean": statistics.fmean(all_rewards) if all_rewards else 0.0,
-        "per_task_std_mean": statistics.fmean(t["std"] for t in per_task) if per_task else 0.0,
-        "zero_variance_tasks": zero,
-        "zero_variance_fraction": zero / len(per_task) if per_task else 0.0,
-        "grader_errors": sum(1 for gr in graded if gr.grade.has_error),
-        "per_task": per_task,
-    }

@@ -26,10 +26,9 @@ from typing import Any, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentrft.envs.registry import EnvSpec
 from agentrft.errors import ConfigError
 from agentrft.tools.base import Tool
-from agentrft.tools.environment import Environment
+from agentrft.tools.environment import Environment, EnvSpec
 from agentrft.tools.http_endpoint import EndpointClient, EndpointToolConfig, endpoint_clients, endpoint_tools_for_row
 from agentrft.tools.mcp_tools import MCPServerConfig, MCPToolset
 from agentrft.types import TaskRow

@@ -1,35 +1,22 @@
 """Registry of built-in environments, looked up by name from the CLI and configs.
 
-An :class:`EnvSpec` bundles what a run needs to use an environment: how to
-load its task splits, how to make a fresh per-rollout environment from a task
-row, and its default grader. Built-ins register lazily so importing agentrft
-does not build corpora or databases.
+Each returns an :class:`~agentrft.tools.environment.EnvSpec`: how to load its
+task splits, how to make a fresh per-rollout environment from a task row, and
+its default grader. Built-ins register lazily so importing agentrft does not
+build corpora or databases.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any
 
 from agentrft.errors import ConfigError
-from agentrft.types import Grade, TaskRow, Trajectory
+from agentrft.tools.environment import EnvSpec
+from agentrft.types import TaskRow
 
-if TYPE_CHECKING:  # pragma: no cover
-    from agentrft.tools.environment import Environment
-
-
-@dataclass
-class EnvSpec:
-    name: str
-    description: str
-    splits: tuple[str, ...]
-    load_split: Callable[[str], list[TaskRow]]
-    make_env: Callable[[TaskRow], "Environment"]  # a fresh instance per rollout
-    grade: Callable[[Trajectory, TaskRow], Grade]  # default grader used by `agentrft eval`
-    # Scripted policies: name -> function(row) -> the complete executed conversation (system, user,
-    # assistant tool calls, tool results, final answer), i.e. a demonstration for SFT/DPO.
-    oracles: dict[str, Callable[[TaskRow], list[dict]]] | None = None
+__all__ = ["EnvSpec", "TaskSource", "available_envs", "get_env", "register_builtin", "task_source"]
 
 
 # name -> "module:function" returning an EnvSpec; imported on first use.
@@ -72,3 +59,47 @@ def get_env(name: str) -> EnvSpec:
         raise ConfigError(f"{target} returned {type(spec).__name__}, expected an EnvSpec")
     _LOADED[name] = spec
     return spec
+
+
+@dataclasses.dataclass
+class TaskSource:
+    """The environment and task rows an eval runs on, and the rows of a task file that were left out."""
+
+    env: EnvSpec
+    rows: list[TaskRow]
+    skipped: list[Any] = dataclasses.field(default_factory=list)
+    """:class:`~agentrft.datasets.RowError` of each bad row of ``data`` (file, line, reason)."""
+
+
+def task_source(env_name: str, split: str, data: str | None = None, tools: str | None = None,
+                grader: str | None = None) -> TaskSource:
+    """An environment's split, or your task file (``data``) with your tool servers (``tools``) and grader spec.
+
+    ``grader`` replaces the environment's default grader; ``tools`` (a tools.yaml) needs ``data`` and
+    ``grader``, and runs the file's tasks against those tool servers instead of a built-in environment.
+    """
+    rows, skipped = None, []
+    if data:
+        from agentrft.datasets import load_jsonl_dataset
+
+        loaded = load_jsonl_dataset(data)
+        rows, skipped = loaded.rows, list(loaded.errors)
+    grade = None
+    if grader:
+        from agentrft.graders import load_grader
+
+        grade = load_grader(grader).grade  # (trajectory, row) -> Grade
+    if tools:
+        from agentrft.envs.external import external_env_spec, load_tools_config
+
+        if rows is None or grade is None:
+            raise ConfigError("--tools needs --data (the tasks) and --grader (the reward)")
+        return TaskSource(external_env_spec(rows, load_tools_config(tools), grade), rows, skipped)
+    env = get_env(env_name)
+    if grade is not None:
+        env = dataclasses.replace(env, grade=grade)
+    if rows is None:
+        if split not in env.splits:
+            raise ConfigError(f"environment {env_name!r} has no split {split!r}; splits: {', '.join(env.splits)}")
+        rows = env.load_split(split)
+    return TaskSource(env, rows, skipped)

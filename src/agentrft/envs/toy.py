@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import random
 
-from agentrft.envs.registry import EnvSpec
-from agentrft.tools.environment import Environment
+from agentrft.tools.environment import Environment, EnvSpec
 from agentrft.types import Grade, TaskRow, Trajectory
 
 

@@ -8,16 +8,16 @@ accepts
   :func:`agentrft.models.loading.load_model`);
 * a run directory written by ``agentrft train`` (it has ``run.db``): the base
   model and LoRA are rebuilt exactly as the run built them, from the resolved
-  config stored in ``run.db`` (:func:`agentrft.train.policy.build_policy`),
+  config stored in ``run.db`` (:func:`agentrft.models.policy.build_policy`),
   then the latest valid checkpoint's weights are restored (verified against its
   manifest, falling back to the newest valid one like ``--resume`` does);
 * ``RUN_DIR@step=N``: the checkpoint of step N instead of the latest (retention
   keeps the latest and the ``keep_best_k`` best, so not every step is on disk).
 
 Why not teach ``models.loading.load_model`` about runs: rebuilding a run needs
-the job config, the policy builder and the checkpoint reader, all above
-``models`` in the import order (DESIGN.md), so the run-aware loader lives here
-with the other run-directory code and ``load_model`` only names it in its error.
+its stored config and the checkpoint reader, which belong with the other
+run-directory code here (``jobs`` sits above ``models`` in the import order,
+docs/architecture.md), so ``load_model`` only names this loader in its error.
 
 :func:`export_run` writes a plain Hugging Face folder: LoRA merged into the
 weights (peft ``merge_and_unload``), the tokenizer, and a chat template that
@@ -63,6 +63,9 @@ class LoadedModel:
     """One line for logs: what was loaded (bundled model, folder, or run + step + base model)."""
     run_dir: Path | None = None
     step: int | None = None
+    cpu_matmul: str = "auto"
+    """The float32 CPU matmul library to sample with: a run's own (``training.cpu_matmul``), so its
+    evals compute as the run did; ``auto`` for other models."""
 
 
 def split_model_spec(spec: str | os.PathLike[str]) -> tuple[str, int | None]:
@@ -84,14 +87,14 @@ def is_run_dir(path: str | os.PathLike[str]) -> bool:
 
 def run_config(run_dir: str | os.PathLike[str]):
     """The run's resolved :class:`~agentrft.config.JobConfig`, as stored in ``run.db`` when it started."""
-    from agentrft.config import load_config
+    from agentrft.config import load_config, migrate_stored
 
     with RunStore(Path(run_dir).expanduser()) as store:
         run = store.get_run()
     if run is None:
         raise ConfigError(f"{run_dir} has a run store but no run record (the run never got past its start)")
     try:
-        return load_config(run["resolved_config"])
+        return load_config(migrate_stored(run["resolved_config"]))
     except ConfigError as e:
         raise ConfigError(f"the config stored in {Path(run_dir) / DB_NAME} no longer validates: {e}") from None
 
@@ -106,7 +109,7 @@ def load_run(run_dir: str | os.PathLike[str], *, step: int | None = None, device
     and merging need stock modules).
     """
     from agentrft.jobs.checkpoint import load_checkpoint, load_latest_checkpoint, restore_checkpoint
-    from agentrft.train.policy import build_policy
+    from agentrft.models.policy import build_policy
 
     run_dir = Path(run_dir).expanduser()
     cfg = run_config(run_dir)
@@ -131,7 +134,7 @@ def load_run(run_dir: str | os.PathLike[str], *, step: int | None = None, device
     lora = "LoRA" if policy.is_lora else "full fine-tune"
     return LoadedModel(model, policy.tokenizer, cfg.chat_format,
                        f"run {run_dir} ({cfg.method.value}, {lora}) step {info.step}, base model {cfg.model}",
-                       run_dir=run_dir, step=info.step)
+                       run_dir=run_dir, step=info.step, cpu_matmul=cfg.training.cpu_matmul)
 
 
 def load_any_model(spec: str | os.PathLike[str], *, device: str | None = None) -> LoadedModel:

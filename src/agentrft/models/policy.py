@@ -1,4 +1,8 @@
-"""The trainable policy: model + tokenizer + chat format, on the right device and dtype, with LoRA.
+"""The policy: model + tokenizer + chat format, on the right device and dtype, with LoRA.
+
+What a job's config says the model is (:func:`build_policy`): training builds
+it, and so does loading a trained run back (:mod:`agentrft.jobs.trained`), so a
+run's weights always land in the model they were trained in.
 
 fp32 on CPU (bf16 matmuls are ~100× slower on CPUs without AMX), bf16 on GPU.
 LoRA (peft) by default: the optimizer state is tiny, checkpoints are small
@@ -126,19 +130,3 @@ def _freeze_adapters_below(model, top: int) -> None:
             if m is None:
                 raise ConfigError(f"lora.train_top_layers: cannot tell which decoder layer adapter {name!r} is in")
             p.requires_grad_(int(m.group(1)) >= lowest)
-
-
-def build_optimizer(cfg: JobConfig, policy: Policy, total_steps: int):
-    opt = torch.optim.AdamW(
-        policy.trainable_parameters(),
-        lr=cfg.optim.learning_rate,
-        betas=tuple(cfg.optim.betas),
-        weight_decay=cfg.optim.weight_decay,
-        fused=cfg.optim.fused,
-    )
-    warmup = cfg.optim.warmup_steps
-
-    def schedule(step: int) -> float:  # linear warm-up, then constant
-        return min(1.0, (step + 1) / warmup) if warmup else 1.0
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)

@@ -14,6 +14,9 @@ generation prompt) is appended with kind ``env`` and is never trained on.
 A bad rollout is data, not a crash: tool failures are typed records; a failing
 environment set-up, sampler error or transport failure ends that rollout with a
 typed error and ``StopReason.INFRA_ERROR`` (excluded from training, counted).
+
+Settings come from :class:`~agentrft.config.RolloutConfig`, the one rollout
+config every caller (training, a run's eval, ``agentrft eval``) passes in.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from agentrft.config import RolloutConfig
+from agentrft.models.chat_format import ChatFormat, ParsedAssistant
 from agentrft.rollout.sampler import Completion, Sampler, SamplingParams
 from agentrft.tools.base import Tool, run_sync
 from agentrft.tools.environment import Environment
@@ -38,28 +43,6 @@ from agentrft.types import (
     Trajectory,
     TrajectoryError,
 )
-
-
-@dataclass(frozen=True)
-class RolloutConfig:
-    """Limits and sampling settings of one rollout."""
-
-    max_turns: int = 6
-    """Assistant turns per rollout (each turn is one sampler call)."""
-    max_new_tokens: int = 192
-    """Sampled tokens per assistant turn."""
-    max_total_tokens: int = 2048
-    """Whole-trajectory token budget (prompt + sampled + tool output)."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    tool_timeout_s: float = 30.0
-    """Deadline of each tool call."""
-    max_tool_calls: int = 16
-    """Tool-call budget per rollout (counted across turns)."""
-    max_tool_output_chars: int = 4000
-    """Longer tool results are truncated before they reach the model."""
-    seed: int | None = None
-    """Base seed; each sampler call derives its own seed from it and the turn."""
 
 
 def normalize_content(content: Any) -> str:
@@ -94,7 +77,7 @@ class _Live:
     executor: ToolExecutor | None
     tools: list[Tool] = field(default_factory=list)
     done: bool = False
-    pending: Any = None  # the parsed assistant turn awaiting its tool calls
+    pending: ParsedAssistant | None = None  # the parsed assistant turn awaiting its tool calls
     sampled: list[int] = field(default_factory=list)  # token ids sampled this turn
 
 
@@ -114,7 +97,7 @@ def run_episodes(
     tasks: list[TaskRow],
     make_env: Callable[[TaskRow], Environment | None],
     sampler: Sampler,
-    chat_format,
+    chat_format: ChatFormat,
     config: RolloutConfig = RolloutConfig(),
     samples_per_task: int = 1,
     on_finished: Callable[[Trajectory], None] | None = None,
@@ -149,7 +132,8 @@ def run_episodes(
     return [lv.traj for lv in live]
 
 
-def _start(row: TaskRow, k: int, make_env, chat_format, config: RolloutConfig, guardrails: Guardrails | None) -> _Live:
+def _start(row: TaskRow, k: int, make_env: Callable[[TaskRow], Environment | None], chat_format: ChatFormat,
+           config: RolloutConfig, guardrails: Guardrails | None) -> _Live:
     messages = normalize_messages(row.get("messages") or [])
     traj = Trajectory(task_id=str(row.get("id", "")), messages=messages, group_index=k)
     traj.timings.update(start=time.time(), sampling_s=0.0, tools_s=0.0)
@@ -177,7 +161,8 @@ def _start(row: TaskRow, k: int, make_env, chat_format, config: RolloutConfig, g
     return lv
 
 
-def _sample_turn(active: list[_Live], sampler: Sampler, chat_format, config: RolloutConfig, turn: int) -> None:
+def _sample_turn(active: list[_Live], sampler: Sampler, chat_format: ChatFormat, config: RolloutConfig,
+                 turn: int) -> None:
     seed = None if config.seed is None else (config.seed * 1_000_003 + turn) % (2**31)
     params = SamplingParams(
         temperature=config.temperature,
@@ -221,11 +206,11 @@ def _sample_turn(active: list[_Live], sampler: Sampler, chat_format, config: Rol
             lv.done = True
 
 
-def _close_turn(lv: _Live, chat_format) -> None:
+def _close_turn(lv: _Live, chat_format: ChatFormat) -> None:
     lv.traj.append_tokens(chat_format.turn_end_tokens(lv.sampled), "env")
 
 
-def _run_tools(active: list[_Live], chat_format, config: RolloutConfig, turn: int) -> None:
+def _run_tools(active: list[_Live], chat_format: ChatFormat, config: RolloutConfig, turn: int) -> None:
     to_run: list[tuple[_Live, list]] = []
     for lv in active:
         if lv.done:
@@ -267,7 +252,7 @@ def _run_tools(active: list[_Live], chat_format, config: RolloutConfig, turn: in
             traj.stop_reason = StopReason.INFRA_ERROR
             traj.errors.append(TrajectoryError("infrastructure", "a tool transport failed after retries", turn))
             lv.done = True
-        elif lv.env is not None and getattr(lv.env, "done", False):
+        elif lv.env is not None and lv.env.done:
             traj.stop_reason = StopReason.ENV_DONE
             lv.done = True
         elif turn >= config.max_turns:
@@ -280,9 +265,9 @@ def _run_tools(active: list[_Live], chat_format, config: RolloutConfig, turn: in
                 lv.done = True
 
 
-def _parse_error_pairs(parsed) -> list[tuple[str, str]]:
+def _parse_error_pairs(parsed: ParsedAssistant) -> list[tuple[str, str]]:
     """(raw text, message) for each malformed tool call of an assistant turn."""
-    raws = list(getattr(parsed, "malformed", []) or [])
+    raws = list(parsed.malformed)
     raws += [""] * (len(parsed.parse_errors) - len(raws))
     return list(zip(raws, parsed.parse_errors))
 

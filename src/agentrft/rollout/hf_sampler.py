@@ -33,7 +33,7 @@ C = longest cached prefix, S = longest uncached suffix, H/D = KV heads/dim.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache
@@ -41,7 +41,7 @@ from transformers.cache_utils import DynamicLayer
 
 from agentrft.models.onednn import Choice, choose
 from agentrft.rollout.fused_decoder import FusedDecoder, supports
-from agentrft.rollout.sampler import Completion, SamplingParams
+from agentrft.rollout.sampler import Completion, SamplingParams, TokenCallback
 
 
 class _GrowingLayer(DynamicLayer):
@@ -95,7 +95,7 @@ def _accepts_logits_to_keep(model) -> bool:
 
 
 class HFSampler:
-    """Batched sampling from a local Hugging Face causal LM (CPU fp32 or GPU)."""
+    """Batched sampling from a local Hugging Face causal LM (CPU fp32 or GPU); a :class:`Sampler`."""
 
     def __init__(self, model, pad_token_id: int, max_batch_size: int = 16, max_context: int | None = None,
                  prefix_cache_tokens: int = 65_536, fused: bool | None = None, cpu_matmul: Choice = "auto"):
@@ -122,6 +122,7 @@ class HFSampler:
         self._keep_last = {"logits_to_keep": 1} if _accepts_logits_to_keep(model) else {}
 
     def reset_cache(self) -> None:
+        """Empty the prefix cache only (the fused weights stay): what ``bench/prefix_cache.py`` compares."""
         self._cache.clear()
         self._shared.clear()
 
@@ -166,7 +167,7 @@ class HFSampler:
         return next(self.model.parameters()).device
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                 on_token: Callable[[int, int], None] | None = None) -> list[Completion]:
+                 on_token: TokenCallback | None = None) -> list[Completion]:
         """Continue each prompt. ``on_token(row, token_id)``, when given, is called for each token as soon as it
         is sampled (the row indexes ``prompts``), from the calling thread: what a streaming server forwards."""
         version = self._weights_version()
@@ -188,7 +189,7 @@ class HFSampler:
 
     @torch.no_grad()
     def _generate_batch(self, prompts: Sequence[Sequence[int]], params: SamplingParams, gen: torch.Generator,
-                        on_token: Callable[[int, int], None] | None = None, first_row: int = 0) -> list[Completion]:
+                        on_token: TokenCallback | None = None, first_row: int = 0) -> list[Completion]:
         model, device = self.model, self.device
         was_training = model.training
         model.eval()

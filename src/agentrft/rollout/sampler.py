@@ -1,14 +1,32 @@
 """The Sampler seam: token ids in, token ids (and their logprobs) out.
 
-One method, ``generate``, over a batch of prompts. Implementations: the local
-transformers sampler (:mod:`agentrft.rollout.hf_sampler`) and the scripted
-test double (:class:`ScriptedSampler`) used to drive rollouts in tests.
+:class:`Sampler` declares everything a caller may use, so no caller probes a
+sampler for what it can do:
+
+* ``generate(prompts, params, on_token=None)`` over a batch of prompts. Every
+  sampler streams: ``on_token(row, token_id)`` is called for each sampled
+  token, as it is sampled where the backend can (the local sampler's decode
+  loop), or all at once when the completion arrives where it cannot; either
+  way, every token of a row is handed over, in order, before ``generate``
+  returns;
+* ``max_context``: the most tokens (prompt + completion) one sequence may hold;
+* ``release()``: drop whatever was built for the current weights (a prefix
+  cache, fused weight copies). The trainer calls it before and after each
+  update, so the next ``generate`` samples from the new weights and the
+  update's memory peak does not carry stale copies.
+
+Implementations: the local transformers sampler
+(:class:`~agentrft.rollout.hf_sampler.HFSampler`) and the scripted test double
+(:class:`ScriptedSampler`) that drives rollouts, servers and trainers in tests.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence, runtime_checkable
+
+TokenCallback = Callable[[int, int], None]
+"""``on_token(row, token_id)``: ``row`` indexes the prompts of the ``generate`` call."""
 
 
 @dataclass(frozen=True)
@@ -27,12 +45,20 @@ class Completion:
     finish_reason: Literal["stop", "length"]
 
 
+@runtime_checkable
 class Sampler(Protocol):
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
-        """Continue each prompt. ``len(result) == len(prompts)``.
+    """What every sampler provides (see the module docstring for the contract of each member)."""
 
-        A sampler that can stream also accepts ``on_token=callback``: ``callback(row, token_id)`` as each token
-        is sampled (``HFSampler``, ``ScriptedSampler``); the server streams through it where it exists."""
+    max_context: int
+    """Most tokens one sequence may hold, prompt and completion together."""
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 on_token: TokenCallback | None = None) -> list[Completion]:
+        """Continue each prompt; ``len(result) == len(prompts)``. ``on_token`` sees every sampled token."""
+        ...
+
+    def release(self) -> None:
+        """Drop what was built for the current weights; the next ``generate`` rebuilds what it needs."""
         ...
 
 
@@ -42,13 +68,16 @@ class ScriptedSampler:
 
     ``script`` is a list of token-id lists; each generate() call consumes one
     entry per prompt. Logprobs are a fixed -0.5 so tests can recognise them.
+    ``releases`` counts :meth:`release` calls.
     """
 
     script: list[list[int]]
+    max_context: int = 1 << 20
     calls: list[list[list[int]]] = field(default_factory=list)
+    releases: int = 0
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                 on_token: Callable[[int, int], None] | None = None) -> list[Completion]:
+                 on_token: TokenCallback | None = None) -> list[Completion]:
         self.calls.append([list(p) for p in prompts])
         out = []
         for _ in prompts:
@@ -65,3 +94,6 @@ class ScriptedSampler:
                     if k < len(c.token_ids):
                         on_token(row, c.token_ids[k])
         return out
+
+    def release(self) -> None:
+        self.releases += 1

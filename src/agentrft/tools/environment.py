@@ -48,15 +48,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from agentrft.errors import ToolDefinitionError
 from agentrft.tools.base import Tool, run_blocking
 from agentrft.tools.schema import FunctionTool
-from agentrft.types import TaskRow
+from agentrft.types import Grade, TaskRow, Trajectory
 
-__all__ = ["Environment", "FunctionEnvironment"]
+__all__ = ["EnvSpec", "Environment", "FunctionEnvironment"]
 
 
 class Environment:
@@ -112,6 +113,29 @@ class FunctionEnvironment(Environment):
 
     def extra_tools(self) -> Sequence[Tool]:
         return list(self._tools)
+
+
+@dataclass
+class EnvSpec:
+    """A task set's environment: what a run, an eval or the server needs to use it.
+
+    How to load its task splits, how to make a fresh per-rollout
+    :class:`Environment` from a task row, and its default grader. Built-in ones
+    come from :func:`agentrft.envs.registry.get_env`; write your own as a
+    function returning an ``EnvSpec`` (``--env package.module:function``).
+    """
+
+    name: str
+    description: str
+    splits: tuple[str, ...]
+    load_split: Callable[[str], list[TaskRow]]
+    make_env: Callable[[TaskRow], Environment | None]
+    """A fresh instance per rollout (``None``: the row's schema-only tools and no state)."""
+    grade: Callable[[Trajectory, TaskRow], Grade]
+    """The default grader (``agentrft eval`` and training use it unless given another)."""
+    oracles: dict[str, Callable[[TaskRow], list[dict]]] | None = None
+    """Scripted policies: name -> function(row) -> the complete executed conversation (system, user,
+    assistant tool calls, tool results, final answer), i.e. a demonstration for SFT/DPO."""
 
 
 def _is_tool(obj: Any) -> bool:

@@ -19,24 +19,28 @@ import torch
 from agentrft.algo.batch import collate_trajectories
 from agentrft.algo.logprobs import token_logprobs
 from agentrft.algo.losses import dpo_loss
+from agentrft.config import JobConfig
 from agentrft.errors import ConfigError
+from agentrft.models.policy import Policy
+from agentrft.tools.environment import EnvSpec
 from agentrft.train.demonstrations import demonstration_trajectory
+from agentrft.train.context import TrainContext
 from agentrft.train.optim import optimizer_step
 from agentrft.train.sft import demonstrations_for
-
+from agentrft.types import TaskRow
 
 def _sequence_logps(model, b) -> torch.Tensor:
     logp = token_logprobs(model, b.input_ids, b.attention_mask, needed=b.loss_mask)  # [B, T]
     return (logp * b.loss_mask).sum(dim=-1)  # [B]
 
 
-def _pairs_from_run(ctx) -> list:
+def _pairs_from_run(cfg: JobConfig) -> list:
     from pathlib import Path
 
     from agentrft.jobs.store import DB_NAME, RunStore
     from agentrft.train.demonstrations import pairs_from_records
 
-    d = ctx.cfg.data
+    d = cfg.data
     run_dir = Path(d.pairs_from_run)
     if not (run_dir / DB_NAME).is_file():
         raise ConfigError(f"data.pairs_from_run: {run_dir} has no {DB_NAME}; give the directory of a finished run")
@@ -44,9 +48,9 @@ def _pairs_from_run(ctx) -> list:
         run = store.get_run() or {}
         records = store.trajectories()
     source_model = (run.get("resolved_config") or {}).get("model")
-    if source_model is not None and source_model != ctx.cfg.model:
+    if source_model is not None and source_model != cfg.model:
         raise ConfigError(f"data.pairs_from_run: {run_dir} sampled with model {source_model!r}, this job trains "
-                          f"{ctx.cfg.model!r}; its token ids only mean something to the same tokenizer")
+                          f"{cfg.model!r}; its token ids only mean something to the same tokenizer")
     pairs = pairs_from_records(records, d.pairs_min_margin)
     if not pairs:
         raise ConfigError(f"data.pairs_from_run: no group of the {len(records)} samples in {run_dir} has a reward "
@@ -55,25 +59,25 @@ def _pairs_from_run(ctx) -> list:
 
 
 class DPOMethod:
-    def prepare(self, ctx, train_rows: list[dict]) -> list:
-        d = ctx.cfg.data
+    def prepare(self, cfg: JobConfig, policy: Policy, env: EnvSpec, train_rows: list[TaskRow]) -> list:
+        d = cfg.data
         if d.pairs_file:
             from agentrft.datasets import read_jsonl_objects
 
             pairs = []
             for obj in read_jsonl_objects(d.pairs_file):
                 tools = obj.get("tools")
-                chosen = demonstration_trajectory(obj["prompt"] + obj["chosen"], tools, ctx.policy.chat_format)
-                rejected = demonstration_trajectory(obj["prompt"] + obj["rejected"], tools, ctx.policy.chat_format)
+                chosen = demonstration_trajectory(obj["prompt"] + obj["chosen"], tools, policy.chat_format)
+                rejected = demonstration_trajectory(obj["prompt"] + obj["rejected"], tools, policy.chat_format)
                 pairs.append((chosen, rejected))
             return pairs
         if d.pairs_from_run:
-            return _pairs_from_run(ctx)
-        chosen = demonstrations_for(ctx, train_rows, d.demonstrations)
-        rejected = demonstrations_for(ctx, train_rows, d.rejected_demonstrations)
+            return _pairs_from_run(cfg)
+        chosen = demonstrations_for(env, policy.chat_format, train_rows, d.demonstrations)
+        rejected = demonstrations_for(env, policy.chat_format, train_rows, d.rejected_demonstrations)
         return list(zip(chosen, rejected))
 
-    def step(self, ctx, batch: list, step: int) -> dict[str, float]:
+    def step(self, ctx: TrainContext, batch: list, step: int) -> dict[str, float]:
         policy = ctx.policy
         if not policy.is_lora:
             raise ConfigError("DPO needs a frozen reference; use LoRA (lora.enabled: true)")

@@ -1,5 +1,6 @@
-"""What every method's training pass shares: the shared-prefix plan, and the optimizer step.
+"""What every method's training pass shares: the optimizer, the shared-prefix plan, and the optimizer step.
 
+:func:`build_optimizer` makes AdamW and its schedule for a policy.
 :func:`shared_prefix` plans which leading tokens of a step's sequences are
 forwarded once (:class:`PrefixPlan`). :func:`optimizer_step` clips, checks
 finiteness, and steps or skips: a non-finite loss or gradient never reaches
@@ -16,6 +17,10 @@ from collections.abc import Sequence
 import torch
 
 from agentrft.algo.logprobs import PrefixRows, SharedPrefix, common_prefix_length, has_plain_head
+from agentrft.config import JobConfig
+from agentrft.models.policy import Policy
+from agentrft.train.context import TrainContext
+from agentrft.types import Trajectory
 
 
 MIN_GROUP_EXTENSION = 64
@@ -34,7 +39,7 @@ class PrefixPlan:
     micro-batch reads the longest prefix all its rows have. Trained positions always lie after it.
     """
 
-    def __init__(self, ctx, trajs, min_tokens: int) -> None:
+    def __init__(self, ctx: TrainContext, trajs: list[Trajectory], min_tokens: int) -> None:
         model, device = ctx.policy.model, ctx.policy.device
         self._made: list[SharedPrefix] = []
         self._tokens = 0
@@ -117,7 +122,7 @@ def forward_positions(trajs, chunks: list[list[int]], plan: PrefixPlan | None) -
     return positions, tokens
 
 
-def shared_prefix(ctx, trajs) -> PrefixPlan | None:
+def shared_prefix(ctx: TrainContext, trajs: list[Trajectory]) -> PrefixPlan | None:
     """The step's :class:`PrefixPlan`, or ``None`` when ``optim.shared_prefix_min_tokens`` is 0 or the model's
     head is not plain (the prefix needs the LM-head-on-trained-positions path)."""
     min_tokens = ctx.cfg.optim.shared_prefix_min_tokens
@@ -126,8 +131,9 @@ def shared_prefix(ctx, trajs) -> PrefixPlan | None:
     return PrefixPlan(ctx, trajs, min_tokens)
 
 
-def optimizer_step(ctx, skip: bool = False) -> tuple[bool, float]:
-    """Clip and apply the accumulated gradients; returns (stepped, grad_norm)."""
+def optimizer_step(ctx: TrainContext, skip: bool = False) -> tuple[bool, float]:
+    """Clip and apply the accumulated gradients; returns (stepped, grad_norm). After a step the sampler is
+    released (:meth:`Sampler.release`), so nothing sampled later sees the old weights."""
     params = ctx.policy.trainable_parameters()
     if skip:
         ctx.optimizer.zero_grad(set_to_none=True)
@@ -145,11 +151,25 @@ def optimizer_step(ctx, skip: bool = False) -> tuple[bool, float]:
     # copy of the old weights. It also watches the parameters' version counters, but fused optimizer kernels
     # write without bumping them (measured: torch 2.13's fused AdamW leaves ``_version`` unchanged), so say
     # it explicitly.
-    sampler = getattr(ctx, "sampler", None)
-    if sampler is not None and hasattr(sampler, "release"):
-        sampler.release()
-    elif sampler is not None and hasattr(sampler, "reset_cache"):
-        sampler.reset_cache()
+    ctx.sampler.release()
     ctx.scheduler.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return True, norm_f
+
+
+def build_optimizer(cfg: JobConfig, policy: Policy, total_steps: int):
+    """AdamW over the policy's trainable parameters and its learning-rate schedule (linear warm-up, then
+    constant)."""
+    opt = torch.optim.AdamW(
+        policy.trainable_parameters(),
+        lr=cfg.optim.learning_rate,
+        betas=tuple(cfg.optim.betas),
+        weight_decay=cfg.optim.weight_decay,
+        fused=cfg.optim.fused,
+    )
+    warmup = cfg.optim.warmup_steps
+
+    def schedule(step: int) -> float:  # linear warm-up, then constant
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)

@@ -22,35 +22,35 @@ from typing import Any
 
 import torch
 
-from agentrft.errors import AgentRFTError
-from agentrft.algo.advantages import AdvantageEstimator, compute_advantages, turn_advantages
+from agentrft.algo.advantages import Credit, compute_advantages, turn_advantages
 from agentrft.algo.batch import collate_trajectories, num_assistant_turns
-from agentrft.config import CreditName
 from agentrft.algo.logprobs import token_logprobs, token_logprobs_and_entropy
-from agentrft.algo.losses import LossConfig, PolicyLoss, policy_loss
+from agentrft.algo.losses import LossConfig, policy_loss
+from agentrft.config import JobConfig
+from agentrft.errors import AgentRFTError
 from agentrft.evaluation import grade_all, is_correct
-from agentrft.rollout.episode import RolloutConfig, run_episodes
+from agentrft.models.policy import Policy
+from agentrft.rollout.episode import run_episodes
+from agentrft.tools.environment import EnvSpec
+from agentrft.train.context import TrainContext
 from agentrft.train.optim import forward_positions, micro_batches, optimizer_step, shared_prefix
-
+from agentrft.types import TaskRow, Trajectory
 
 class GraderFailure(AgentRFTError):
     """Too many grades failed: training on them would optimise the grader's bugs."""
 
 
 class RFTMethod:
-    def prepare(self, ctx, train_rows: list[dict]) -> list[dict]:
+    def prepare(self, cfg: JobConfig, policy: Policy, env: EnvSpec, train_rows: list[TaskRow]) -> list[TaskRow]:
         return list(train_rows)
 
-    def step(self, ctx, batch: list[dict], step: int) -> dict[str, float]:
+    def step(self, ctx: TrainContext, batch: list[TaskRow], step: int) -> dict[str, float]:
         cfg, policy = ctx.cfg, ctx.policy
-        r = cfg.rollout
         group = cfg.rft.group_size
 
         # 1. collect ---------------------------------------------------------
         t0 = time.perf_counter()
-        rcfg = RolloutConfig(max_turns=r.max_turns, max_new_tokens=r.max_new_tokens, max_total_tokens=r.max_total_tokens,
-                             temperature=r.temperature, top_p=r.top_p, tool_timeout_s=r.tool_timeout_s,
-                             max_tool_calls=r.max_tool_calls, seed=cfg.seed * 100_003 + step)
+        rcfg = cfg.step_rollout(step)
         trajs = run_episodes(batch, ctx.env.make_env, ctx.sampler, policy.chat_format, rcfg, samples_per_task=group)
         sampling_s = time.perf_counter() - t0
 
@@ -77,8 +77,8 @@ class RFTMethod:
             idx = [k * group + j for j in range(group) if not trajs[k * group + j].is_infra_failure]
             groups.append(idx)
         kept_groups = [idx for idx in groups if len(idx) >= 2]
-        estimator = AdvantageEstimator(cfg.rft.advantage.value)
-        if cfg.rft.credit is CreditName.PER_TURN:
+        estimator = cfg.rft.advantage
+        if cfg.rft.credit is Credit.PER_TURN:
             advs, zero_var = [], []
             for idx in kept_groups:
                 try:
@@ -100,7 +100,7 @@ class RFTMethod:
 
         # 4-5. loss and optimizer ---------------------------------------------
         t0 = time.perf_counter()
-        if train_idx and hasattr(ctx.sampler, "release"):
+        if train_idx:
             ctx.sampler.release()  # what it built for these weights is stale after the update: free it first
         train_stats = self._update(ctx, [trajs[i] for i in train_idx], train_adv, rcfg.temperature) if train_idx else {
             "loss": 0.0, "skipped": 0.0, "grad_norm": 0.0}
@@ -132,9 +132,10 @@ class RFTMethod:
         metrics.update(train_stats)
         return metrics
 
-    def _update(self, ctx, trajs, advantages: list[float], temperature: float) -> dict[str, float]:
+    def _update(self, ctx: TrainContext, trajs: list[Trajectory], advantages: list[float],
+                temperature: float) -> dict[str, float]:
         cfg, policy = ctx.cfg, ctx.policy
-        loss_cfg = LossConfig(loss=PolicyLoss(cfg.rft.loss.value), clip_eps_low=cfg.rft.clip_eps_low,
+        loss_cfg = LossConfig(loss=cfg.rft.loss, clip_eps_low=cfg.rft.clip_eps_low,
                               clip_eps_high=cfg.rft.clip_eps_high, beta=cfg.rft.beta,
                               aggregation=cfg.rft.aggregation, max_tokens=cfg.rollout.max_total_tokens)
         mb = cfg.optim.micro_batch_size

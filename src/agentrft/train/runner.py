@@ -2,9 +2,11 @@
 
 One loop for every method::
 
-    for step in 1..total:            # data position == step (pure function)
-        metrics = method.step(batch)  # collect → grade → advantages → loss → optimizer (RFT)
-        log metrics; eval every eval_interval; checkpoint atomically; early stop
+    ctx, state = setup(cfg)                   # everything a step needs, complete
+    for step in state.step+1 .. total:        # data position == step (pure function)
+        metrics = method.step(ctx, batch)      # collect → grade → advantages → loss → optimizer (RFT)
+        record(metrics)                        # metrics, non-finite-step budget
+        after_step(ctx, state)                 # eval, checkpoint, early stop
 
 What makes it operable:
 
@@ -12,64 +14,42 @@ What makes it operable:
   config, dataset/grader/base-model hashes, events, per-step metrics,
   sampled trajectories and checkpoints (:mod:`agentrft.jobs`);
 * checkpoints are atomic and hold model, optimizer, scheduler, RNG states and
-  the step, so ``--resume`` continues exactly where the last one left off —
-  the batch of a step is a pure function of (seed, step), and so is the
-  sampling seed of a step;
+  the :class:`TrainerState`, so ``--resume`` continues exactly where the last
+  one left off — the batch of a step is a pure function of (seed, step), and
+  so is the sampling seed of a step (:meth:`JobConfig.step_rollout`);
 * a non-finite loss or gradient skips the update (reported); ``max_bad_steps``
   in a row stop the run with the last checkpoint intact.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from agentrft.config import JobConfig, Method
-from agentrft.envs.registry import EnvSpec, get_env
+from agentrft.envs.registry import get_env
 from agentrft.errors import AgentRFTError, ConfigError
-from agentrft.evaluation import evaluate_rows, summarize
+from agentrft.evaluation import EVAL_BATCH_SIZE, evaluate_rows, summarize
 from agentrft.jobs.checkpoint import load_latest_checkpoint, restore_checkpoint, save_checkpoint
 from agentrft.jobs.store import DB_NAME, RunStore, hash_file, hash_json
-from agentrft.rollout.episode import RolloutConfig
+from agentrft.models.policy import Policy, build_policy
 from agentrft.rollout.hf_sampler import HFSampler
-from agentrft.train.demonstrations import steps_per_epoch
-from agentrft.train.policy import Policy, build_optimizer, build_policy
-
+from agentrft.tools.environment import EnvSpec
+from agentrft.train.context import GradeFn, TrainContext, TrainerState, TrainingMethod
+from agentrft.train.demonstrations import cycle_batches, steps_per_epoch
+from agentrft.train.optim import build_optimizer
+from agentrft.types import TaskRow
 
 class TrainingStopped(AgentRFTError):
     """The run stopped on purpose (too many bad steps, grader error budget, ...)."""
-
-
-@dataclass
-class TrainContext:
-    """Everything a method's step needs; built once per run."""
-
-    cfg: JobConfig
-    policy: Policy
-    env: EnvSpec
-    grade: Callable
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    sampler: HFSampler
-    store: RunStore
-    items: list[Any] = field(default_factory=list)
-
-
-class TrainingMethod(Protocol):
-    def prepare(self, ctx: TrainContext, train_rows: list[dict]) -> list[Any]:
-        """Turn task rows into the items a step consumes (tasks, demonstrations, pairs)."""
-        ...
-
-    def step(self, ctx: TrainContext, batch: list[Any], step: int) -> dict[str, float]:
-        """One optimizer step; returns metrics (must include ``loss`` and ``skipped``)."""
-        ...
 
 
 def _methods() -> dict[Method, TrainingMethod]:
@@ -108,50 +88,68 @@ def load_rows(env: EnvSpec, split: str, file: str | None, limit: int | None) -> 
     return rows[:limit] if limit else rows
 
 
-def eval_policy(ctx: TrainContext, rows: list[dict], seed: int, step: int) -> dict:
-    """Roll out and grade the validation rows; store their trajectories in run.db (``split='validation'``)."""
-    r = ctx.cfg.rollout
-    rcfg = RolloutConfig(max_turns=r.max_turns, max_new_tokens=r.max_new_tokens, max_total_tokens=r.max_total_tokens,
-                         temperature=r.eval_temperature, top_p=1.0, tool_timeout_s=r.tool_timeout_s,
-                         max_tool_calls=r.max_tool_calls, seed=seed)
+def eval_policy(ctx: TrainContext, step: int) -> dict:
+    """Roll out and grade the validation rows with :meth:`JobConfig.eval_rollout`; store their trajectories in
+    run.db (``split='validation'``)."""
     t0 = time.perf_counter()
-    graded = evaluate_rows(rows, ctx.env, ctx.sampler, ctx.policy.chat_format, rcfg, samples=1, batch_size=16,
-                           grade=ctx.grade)
+    graded = evaluate_rows(ctx.eval_rows, ctx.env, ctx.sampler, ctx.policy.chat_format, ctx.cfg.eval_rollout(),
+                           samples=1, batch_size=EVAL_BATCH_SIZE, grade=ctx.grade)
     summary = summarize(graded, time.perf_counter() - t0)
     ctx.store.log_trajectories(step, [{**g.trajectory.to_dict(), "grade": g.grade.to_dict(), "reward": g.grade.reward}
                                       for g in graded], split="validation")
     return summary
 
 
-def _runtime() -> dict[str, Any]:
+def _runtime(cfg: JobConfig) -> dict[str, Any]:
     """What this process computes with: recorded as an event each time a run starts or resumes."""
-    from agentrft import allocator
+    from agentrft import allocator, machine
+    from agentrft.models.onednn import auto_choice
 
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "allocator": allocator.active()}
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "allocator": allocator.active(),
+            "cpu": machine.cpu_model(), "cpu_matmul": cfg.training.cpu_matmul, "cpu_matmul_check": auto_choice()[1]}
 
 
-def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
-            grade: Callable | None = None, log: Callable[[str], None] = print) -> RunResult:
-    """Run a training job to completion (or early stop); returns where it lives and its final eval.
+def _pin_cpu_matmul(cfg: JobConfig, store: RunStore) -> JobConfig:
+    """``training.cpu_matmul: auto`` resolved once per run: the choice the run started with when it resumes,
+    else what ``auto`` picks on this machine now. ``auto`` times both libraries at start, and on a busy
+    machine the faster one can differ between two processes; a resumed run (or a reload of its weights)
+    that computed with the other library would no longer be bit-identical to the uninterrupted run. The
+    pinned value is saved in the run's resolved config."""
+    if cfg.training.cpu_matmul != "auto":
+        return cfg
+    from agentrft.models.onednn import auto_choice
 
-    ``grade`` (a ``(trajectory, row) -> Grade`` function) overrides the reward
-    for Python callers; from YAML, use the ``grader`` spec.
-    """
-    run_dir = Path(cfg.out_dir or f"runs/{cfg.method.value}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / "run.db").exists() and not resume:
-        raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another out_dir")
-    store = RunStore(run_dir)
-    seed_everything(cfg.seed)
+    run = store.get_run()
+    started = ((run or {}).get("resolved_config") or {}).get("training", {}).get("cpu_matmul")
+    cfg = cfg.model_copy(deep=True)
+    cfg.training.cpu_matmul = started if started in ("onednn", "mkl") else auto_choice()[0]
+    return cfg
 
-    env = get_env(cfg.data.env)
+
+def _reward(cfg: JobConfig, env: EnvSpec, grade: GradeFn | None) -> GradeFn:
+    """The reward: a Python function from the caller, else the config's grader spec, else the environment's."""
     if grade is not None and cfg.grader is not None:
         raise ConfigError("give the reward either as a grader spec in the config or as a function, not both")
-    grade = grade or env.grade
     if cfg.grader is not None:
         from agentrft.graders import load_grader
 
-        grader = load_grader(cfg.grader)
-        grade = grader.grade  # (sample: Trajectory, item: row) -> Grade
+        return load_grader(cfg.grader).grade  # (sample: Trajectory, item: row) -> Grade
+    return grade or env.grade
+
+
+def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, grade: GradeFn | None = None,
+          log: Callable[[str], None] = print) -> tuple[TrainContext, TrainerState]:
+    """Build the run: its directory and store, the policy, the data, the optimizer and, with ``resume``, the
+    state of the latest valid checkpoint. Returns a complete context and the state to continue from."""
+    run_dir = Path(cfg.out_dir or f"runs/{cfg.method.value}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / DB_NAME).exists() and not resume:
+        raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another out_dir")
+    store = RunStore(run_dir)
+    cfg = _pin_cpu_matmul(cfg, store)
+    seed_everything(cfg.seed)
+
+    env = get_env(cfg.data.env)
+    reward = _reward(cfg, env, grade)
     policy = build_policy(cfg, model, tokenizer)
     if cfg.init_from:
         _init_from(policy, Path(cfg.init_from))
@@ -160,100 +158,123 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     if cfg.tools is not None:  # tasks from files, tools on external servers
         from agentrft.envs.external import external_env_spec, load_tools_config
 
-        env = external_env_spec(train_rows, load_tools_config(cfg.tools), grade)
+        env = external_env_spec(train_rows, load_tools_config(cfg.tools), reward)
 
-    method = _methods()[cfg.method]
+    items = _methods()[cfg.method].prepare(cfg, policy, env, train_rows)
+    total = cfg.training.max_steps or steps_per_epoch(len(items), cfg.training.batch_size) * cfg.training.n_epochs
+    optimizer, scheduler = build_optimizer(cfg, policy, total)
     sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id, cpu_matmul=cfg.training.cpu_matmul)
-    ctx = TrainContext(cfg, policy, env, grade, None, None, sampler, store)  # type: ignore[arg-type]
-    ctx.items = method.prepare(ctx, train_rows)
-    total = cfg.training.max_steps or steps_per_epoch(len(ctx.items), cfg.training.batch_size) * cfg.training.n_epochs
-    ctx.optimizer, ctx.scheduler = build_optimizer(cfg, policy, total)
+    ctx = TrainContext(cfg, policy, env, reward, optimizer, scheduler, sampler, store, items, eval_rows, total, run_dir)
 
-    state: dict[str, Any] = {"step": 0, "best_eval_reward": None, "bad_steps": 0, "evals_since_best": 0}
+    state = TrainerState()
     if resume:
         info = load_latest_checkpoint(run_dir)
         if info is None:
             store.log_event("resume", "no checkpoint found; starting from step 0")
             log("resume: no checkpoint yet, starting from step 0")
         else:
-            state.update(restore_checkpoint(info, policy.model, ctx.optimizer, ctx.scheduler))
-            store.discard_after(state["step"])  # rows of steps after the checkpoint are replayed
-            store.log_event("resume", f"resumed from step {state['step']}", {"path": str(info.path)}, step=state["step"])
-            log(f"resume: continuing after step {state['step']} from {info.path}")
+            state = TrainerState.from_checkpoint(restore_checkpoint(info, policy.model, optimizer, scheduler))
+            store.discard_after(state.step)  # rows of steps after the checkpoint are replayed
+            store.log_event("resume", f"resumed from step {state.step}", {"path": str(info.path)}, step=state.step)
+            log(f"resume: continuing after step {state.step} from {info.path}")
     if store.get_run() is None:
-        store.create_run(
-            run_id=run_dir.name,
-            method=cfg.method.value,
-            resolved_config=cfg.model_dump(mode="json"),
-            hashes=_hashes(cfg, env, train_rows, grade),
-            created_at=time.time(),
-        )
+        store.create_run(run_id=run_dir.name, method=cfg.method.value, resolved_config=cfg.model_dump(mode="json"),
+                         hashes=_hashes(cfg, env, train_rows, reward), created_at=time.time())
     store.set_status("running")
-    rt = _runtime()
-    store.log_event("runtime", f"torch {rt['torch']}, {rt['threads']} threads, {rt['allocator']} allocator", rt,
-                    step=state["step"])
+    rt = _runtime(cfg)
+    store.log_event("runtime", f"torch {rt['torch']}, {rt['threads']} threads, {rt['allocator']} allocator, "
+                               f"{rt['cpu_matmul']} matmul", rt, step=state.step)
+    return ctx, state
 
+
+def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
+            grade: GradeFn | None = None, log: Callable[[str], None] = print) -> RunResult:
+    """Run a training job to completion (or early stop); returns where it lives and its final eval.
+
+    ``grade`` (a ``(trajectory, row) -> Grade`` function) overrides the reward
+    for Python callers; from YAML, use the ``grader`` spec.
+    """
     from tqdm import tqdm
 
+    ctx, state = setup(cfg, resume=resume, model=model, tokenizer=tokenizer, grade=grade, log=log)
+    method = _methods()[cfg.method]
     last_eval: dict | None = None
     stopped_early = False
-    bar = tqdm(total=total, initial=state["step"], desc=f"{cfg.method.value}", unit="step", leave=False)
+    bar = tqdm(total=ctx.total_steps, initial=state.step, desc=f"{cfg.method.value}", unit="step", leave=False)
     try:
-        while state["step"] < total:
-            step = state["step"] + 1
-            from agentrft.train.demonstrations import cycle_batches
-
+        while state.step < ctx.total_steps:
+            step = state.step + 1
             batch = cycle_batches(ctx.items, cfg.training.batch_size, step, cfg.seed)
             t0 = time.perf_counter()
             metrics = method.step(ctx, batch, step)
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics["lr"] = ctx.scheduler.get_last_lr()[0]
-            store.log_metrics(step, metrics, split="train")
-            if metrics.get("skipped"):
-                state["bad_steps"] += 1
-                store.log_event("nonfinite_skip", f"step {step}: non-finite loss or gradient; update skipped", step=step)
-                if state["bad_steps"] >= cfg.training.max_bad_steps:
-                    raise TrainingStopped(
-                        f"{state['bad_steps']} steps in a row had a non-finite loss or gradient; stopping "
-                        f"(the last checkpoint in {run_dir / 'checkpoints'} is intact)")
-            else:
-                state["bad_steps"] = 0
-            state["step"] = step
-
-            eval_now = bool(eval_rows) and (step % cfg.training.eval_interval == 0 or step == total)
-            metric = None
-            if eval_now:
-                last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed, step=step)
-                metric = last_eval["reward_mean"]
-                store.log_metrics(step, _numeric(last_eval), split="validation")
-                best = state["best_eval_reward"]
-                if best is None or metric > best + cfg.training.early_stop_min_delta:
-                    state["best_eval_reward"], state["evals_since_best"] = metric, 0
-                else:
-                    state["evals_since_best"] += 1
-            if eval_now or step % cfg.training.checkpoint_interval == 0 or step == total:
-                path = save_checkpoint(run_dir, step, policy.model, ctx.optimizer, ctx.scheduler, trainer_state=dict(state),
-                                       metric=metric, keep_best_k=cfg.training.keep_best_k)
-                store.record_checkpoint(step, str(path), metric, is_best=metric is not None and metric == state["best_eval_reward"])
-            log(_one_line(step, total, metrics, last_eval if eval_now else None))
+            _record_step(ctx, state, step, metrics)
+            evaluated = _eval_and_checkpoint(ctx, state)
+            last_eval = evaluated or last_eval
+            log(_one_line(step, ctx.total_steps, metrics, evaluated))
             bar.update(1)
-            patience = cfg.training.early_stop_patience
-            if patience and state["evals_since_best"] >= patience:
-                store.log_event("early_stop", f"validation reward plateaued for {patience} evals", step=step)
+            if _plateaued(ctx, state):
                 stopped_early = True
                 break
     except AgentRFTError as e:  # stopped on purpose: bad steps, grader error budget, ...
-        store.set_status("failed", str(e))
+        ctx.store.set_status("failed", str(e))
         raise
     except BaseException as e:
-        store.set_status("failed", f"{type(e).__name__}: {e}")
+        ctx.store.set_status("failed", f"{type(e).__name__}: {e}")
         raise
     finally:
         bar.close()
     if last_eval is None:
-        last_eval = eval_policy(ctx, eval_rows, seed=cfg.seed, step=state["step"]) if eval_rows else {}
-    store.set_status("completed")
-    return RunResult(run_dir, state["step"], last_eval, state["best_eval_reward"], stopped_early, policy)
+        last_eval = eval_policy(ctx, state.step) if ctx.eval_rows else {}
+    ctx.store.set_status("completed")
+    return RunResult(ctx.run_dir, state.step, last_eval, state.best_eval_reward, stopped_early, ctx.policy)
+
+
+def _record_step(ctx: TrainContext, state: TrainerState, step: int, metrics: dict[str, Any]) -> None:
+    """Store the step's metrics and advance the state; stop after ``max_bad_steps`` non-finite steps in a row."""
+    ctx.store.log_metrics(step, metrics, split="train")
+    if metrics.get("skipped"):
+        state.bad_steps += 1
+        ctx.store.log_event("nonfinite_skip", f"step {step}: non-finite loss or gradient; update skipped", step=step)
+        if state.bad_steps >= ctx.cfg.training.max_bad_steps:
+            raise TrainingStopped(
+                f"{state.bad_steps} steps in a row had a non-finite loss or gradient; stopping "
+                f"(the last checkpoint in {ctx.run_dir / 'checkpoints'} is intact)")
+    else:
+        state.bad_steps = 0
+    state.step = step
+
+
+def _eval_and_checkpoint(ctx: TrainContext, state: TrainerState) -> dict | None:
+    """Every ``eval_interval`` steps and at the last: eval on the validation rows and track the best reward;
+    on those steps, every ``checkpoint_interval`` steps and at the last: write a checkpoint. Returns the eval
+    summary when one ran."""
+    t, step, last = ctx.cfg.training, state.step, state.step == ctx.total_steps
+    summary, metric = None, None
+    if ctx.eval_rows and (step % t.eval_interval == 0 or last):
+        summary = eval_policy(ctx, step)
+        metric = summary["reward_mean"]
+        ctx.store.log_metrics(step, _numeric(summary), split="validation")
+        if state.best_eval_reward is None or metric > state.best_eval_reward + t.early_stop_min_delta:
+            state.best_eval_reward, state.evals_since_best = metric, 0
+        else:
+            state.evals_since_best += 1
+    if summary is not None or step % t.checkpoint_interval == 0 or last:
+        path = save_checkpoint(ctx.run_dir, step, ctx.policy.model, ctx.optimizer, ctx.scheduler,
+                               trainer_state=dataclasses.asdict(state), metric=metric, keep_best_k=t.keep_best_k)
+        ctx.store.record_checkpoint(step, str(path), metric,
+                                    is_best=metric is not None and metric == state.best_eval_reward)
+    return summary
+
+
+def _plateaued(ctx: TrainContext, state: TrainerState) -> bool:
+    """Early stop: the validation reward has not improved for ``early_stop_patience`` evals (event logged)."""
+    patience = ctx.cfg.training.early_stop_patience
+    if patience and state.evals_since_best >= patience:
+        ctx.store.log_event("early_stop", f"validation reward plateaued for {patience} evals", step=state.step)
+        return True
+    return False
 
 
 def _numeric(d: dict) -> dict[str, float]:
@@ -272,7 +293,8 @@ def _one_line(step: int, total: int, m: dict, ev: dict | None) -> str:
     return "  ".join(parts)
 
 
-def _hashes(cfg: JobConfig, env: EnvSpec, rows: list[dict], grade) -> dict[str, str]:
+def _hashes(cfg: JobConfig, env: EnvSpec, rows: list[dict], grade: GradeFn) -> dict[str, str]:
+    from agentrft.graders.base import Grader
     from agentrft.models.loading import resolve_model
 
     hashes = {"dataset": hash_json(rows), "config": hash_json(cfg.model_dump(mode="json"))}
@@ -283,8 +305,9 @@ def _hashes(cfg: JobConfig, env: EnvSpec, rows: list[dict], grade) -> dict[str, 
     if cfg.data.pairs_from_run and (Path(cfg.data.pairs_from_run) / DB_NAME).is_file():
         with RunStore(cfg.data.pairs_from_run) as source:
             hashes["pairs"] = hash_json([(t.get("trace_id"), t.get("reward")) for t in source.trajectories()])
-    version = getattr(grade, "__self__", None)
-    hashes["grader"] = getattr(version, "version", None) or hash_json({"env_grader": env.name, "fn": getattr(grade, "__qualname__", "")})
+    grader = getattr(grade, "__self__", None)  # a bound Grader.grade: its spec's content hash
+    hashes["grader"] = grader.version if isinstance(grader, Grader) else hash_json(
+        {"env_grader": env.name, "fn": getattr(grade, "__qualname__", "")})
     try:
         folder = resolve_model(cfg.model)
         cfg_file = Path(folder) / "config.json"

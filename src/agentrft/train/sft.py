@@ -15,45 +15,50 @@ import torch
 from agentrft.algo.batch import collate_trajectories
 from agentrft.algo.logprobs import token_logprobs
 from agentrft.algo.losses import sft_loss
+from agentrft.config import JobConfig
 from agentrft.errors import ConfigError
+from agentrft.models.chat_format import ChatFormat
+from agentrft.models.policy import Policy
 from agentrft.rollout.episode import tools_for_row
+from agentrft.tools.environment import EnvSpec
 from agentrft.train.demonstrations import demonstration_trajectory
+from agentrft.train.context import TrainContext
 from agentrft.train.optim import forward_positions, micro_batches, optimizer_step, shared_prefix
+from agentrft.types import TaskRow, Trajectory
 
-
-def demonstrations_for(ctx, rows: list[dict], policy_name: str) -> list:
+def demonstrations_for(spec: EnvSpec, chat_format: ChatFormat, rows: list[TaskRow], policy_name: str) -> list[Trajectory]:
     """Run an environment oracle on each row and record its conversation as a trainable trajectory."""
-    oracles = ctx.env.oracles or {}
+    oracles = spec.oracles or {}
     if policy_name not in oracles:
-        raise ConfigError(f"environment {ctx.env.name!r} has no oracle {policy_name!r}; available: {', '.join(oracles) or 'none'}")
+        raise ConfigError(f"environment {spec.name!r} has no oracle {policy_name!r}; available: {', '.join(oracles) or 'none'}")
     out = []
     for row in rows:
-        env = ctx.env.make_env(row)
+        env = spec.make_env(row)
         env.setup(row)
         try:
             schemas = [t.schema() for t in tools_for_row(env, row)] or None
         finally:
             env.close()
         messages = oracles[policy_name](row)
-        out.append(demonstration_trajectory(messages, schemas, ctx.policy.chat_format, task_id=str(row.get("id", ""))))
+        out.append(demonstration_trajectory(messages, schemas, chat_format, task_id=str(row.get("id", ""))))
     return out
 
 
-def load_demonstrations_file(ctx, path: str) -> list:
+def load_demonstrations_file(chat_format: ChatFormat, path: str) -> list[Trajectory]:
     from agentrft.datasets import load_jsonl_dataset
 
     rows = load_jsonl_dataset(path).rows
-    return [demonstration_trajectory(r["messages"], r.get("tools"), ctx.policy.chat_format, str(r.get("id", ""))) for r in rows]
+    return [demonstration_trajectory(r["messages"], r.get("tools"), chat_format, str(r.get("id", ""))) for r in rows]
 
 
 class SFTMethod:
-    def prepare(self, ctx, train_rows: list[dict]) -> list:
-        d = ctx.cfg.data
+    def prepare(self, cfg: JobConfig, policy: Policy, env: EnvSpec, train_rows: list[TaskRow]) -> list[Trajectory]:
+        d = cfg.data
         if d.demonstrations_file:
-            return load_demonstrations_file(ctx, d.demonstrations_file)
-        return demonstrations_for(ctx, train_rows, d.demonstrations)
+            return load_demonstrations_file(policy.chat_format, d.demonstrations_file)
+        return demonstrations_for(env, policy.chat_format, train_rows, d.demonstrations)
 
-    def step(self, ctx, batch: list, step: int) -> dict[str, float]:
+    def step(self, ctx: TrainContext, batch: list[Trajectory], step: int) -> dict[str, float]:
         policy, mb = ctx.policy, ctx.cfg.optim.micro_batch_size
         t0 = time.perf_counter()
         n_tok = sum(t.num_sampled_tokens for t in batch)

@@ -26,7 +26,7 @@ from agentrft.envs.coding.env import CodingEnv, TestRun, apply_edit, repo_path, 
 from agentrft.envs.coding.grading import COST_PER_EXTRA_CALL, MAX_COST, final_files, grade
 from agentrft.envs.coding.oracles import ORACLES, do_nothing, oracle, oracle_conversation, play
 from agentrft.envs.coding.tasks import SPLIT_SIZES, SYSTEM_PROMPT, TASKS, BugTask, get_task, load_split
-from agentrft.envs.registry import EnvSpec
+from agentrft.tools.environment import EnvSpec
 from agentrft.types import TaskRow
 
 __all__ = [

@@ -21,7 +21,7 @@ from agentrft.envs.finance.corpus import FISCAL_YEARS, METRICS, Corpus, Document
 from agentrft.envs.finance.environment import SEARCH_TOP_K, FinanceEnvironment
 from agentrft.envs.finance.oracles import efficient_oracle, logged_oracle, oracle_conversation, verbose_oracle
 from agentrft.envs.finance.tasks import SPLITS, SYSTEM_PROMPT, load_split
-from agentrft.envs.registry import EnvSpec
+from agentrft.tools.environment import EnvSpec
 from agentrft.graders.numeric import grade_numeric
 from agentrft.types import Message, TaskRow
 

@@ -23,7 +23,7 @@ See docs/env-support.md.
 
 from __future__ import annotations
 
-from agentrft.envs.registry import EnvSpec
+from agentrft.tools.environment import EnvSpec
 from agentrft.envs.support.database import MAX_REFUND, REFUND_WINDOW_DAYS, TODAY, build_database, generate_records
 from agentrft.envs.support.env import SupportEnv
 from agentrft.envs.support.grading import grade

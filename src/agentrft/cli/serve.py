@@ -1,0 +1,65 @@
+"""Use the trained agent: ``agentrft export`` (a plain Hugging Face folder) and ``agentrft serve``."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from agentrft.cli.common import chat_format_option, fail, load_model_and_format
+from agentrft.errors import AgentRFTError
+
+
+@click.command("export")
+@click.argument("run_dir")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="New (or empty) folder to write.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+def export_cmd(run_dir: str, out: str, dtype: str) -> None:
+    """Write RUN_DIR's model (RUN_DIR@step=N: that checkpoint) as a plain Hugging Face folder, LoRA merged.
+
+    transformers and vLLM load the folder with no agentrft code; its chat template renders what the run
+    trained on. ``--model FOLDER`` loads it back here.
+    """
+    from agentrft.jobs.trained import export_run
+
+    try:
+        folder = export_run(run_dir, out, dtype=dtype)
+    except AgentRFTError as e:
+        fail(e)
+    click.echo(f"wrote {folder}")
+
+
+@click.command("serve")
+@click.option("--model", default="smollm2-135m", show_default=True,
+              help="Bundled model name, HF model folder (an export), or a run directory (RUN_DIR[@step=N]).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--served-name", default=None, help="The name clients pass as `model` (default: the --model text).")
+@chat_format_option
+@click.option("--max-batch-size", type=int, default=8, show_default=True,
+              help="Most sequences decoded together (waiting requests with the same settings are batched).")
+@click.option("--default-max-tokens", type=int, default=512, show_default=True,
+              help="Completion length limit when a request sets no max_tokens.")
+def serve_cmd(model: str, host: str, port: int, served_name: str | None, chat_format: str, max_batch_size: int,
+              default_max_tokens: int) -> None:
+    """Serve MODEL behind an OpenAI-compatible API: GET /v1/models, POST /v1/chat/completions (tools included)."""
+    import uvicorn
+
+    from agentrft.rollout.hf_sampler import HFSampler
+    from agentrft.serving import ServerSettings, create_app
+
+    try:
+        if max_batch_size < 1 or default_max_tokens < 1:
+            raise AgentRFTError("--max-batch-size and --default-max-tokens must be >= 1")
+        t0 = time.perf_counter()
+        loaded, cf = load_model_and_format(model, chat_format)
+        sampler = HFSampler(loaded.model, pad_token_id=loaded.tokenizer.pad_token_id, max_batch_size=max_batch_size,
+                            prefix_cache_tokens=8192, cpu_matmul=loaded.cpu_matmul)
+        settings = ServerSettings(model_name=served_name or model, max_batch_size=max_batch_size,
+                                  default_max_tokens=default_max_tokens)
+        app = create_app(sampler, cf, settings)
+    except AgentRFTError as e:
+        fail(e)
+    click.echo(f"loaded {loaded.description} in {time.perf_counter() - t0:.1f} s (chat format {cf.name})")
+    click.echo(f"serving {settings.model_name!r} at http://{host}:{port}/v1")
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,79 @@
+"""Change the weights: ``agentrft train CONFIG.yaml`` and ``agentrft quickstart``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from agentrft.cli.common import fail
+from agentrft.cli.measure import print_summary_table
+from agentrft.errors import AgentRFTError
+
+
+@click.command("train")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue the run in out_dir from its latest valid checkpoint.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Override out_dir.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set training.max_steps=3 (value parsed as YAML).")
+def train_cmd(config: str, resume: bool, out_dir: str | None, overrides: tuple[str, ...]) -> None:
+    """Train with CONFIG.yaml (method: sft | dpo | rft)."""
+    import yaml
+
+    from agentrft.config import load_config
+    from agentrft.train.runner import run_job
+
+    try:
+        ov = {}
+        for item in overrides:
+            if "=" not in item:
+                raise AgentRFTError(f"--set expects KEY=VALUE, got {item!r}")
+            key, value = item.split("=", 1)
+            ov[key] = yaml.safe_load(value)
+        if out_dir:
+            ov["out_dir"] = out_dir
+        cfg = load_config(config, ov)
+        result = run_job(cfg, resume=resume, log=click.echo)
+    except AgentRFTError as e:
+        fail(e)
+    if result.final_eval:
+        print_summary_table({"final eval": result.final_eval})
+    else:
+        click.echo("validation evals were off (training.eval_samples: 0)")
+    click.echo(f"run directory: {result.run_dir}  steps: {result.steps}"
+               + ("  (stopped early: validation plateau)" if result.stopped_early else ""))
+
+
+@click.command("quickstart")
+@click.option("--out", type=click.Path(file_okay=False), default="quickstart-out", show_default=True)
+@click.option("--model", default="smollm2-135m", show_default=True)
+@click.option("--test-tasks", type=int, default=None, help="Held-out test tasks per eval (default: the recipe's).")
+@click.option("--sft-steps", type=int, default=None)
+@click.option("--rft-steps", type=int, default=None)
+def quickstart_cmd(out: str, model: str, test_tasks: int | None, sft_steps: int | None, rft_steps: int | None) -> None:
+    """The pragmatic path on the finance environment: baseline → SFT → RFT, each evaluated on held-out tasks."""
+    from agentrft.quickstart import QuickstartRecipe, run_quickstart
+
+    changes = {k: v for k, v in dict(test_tasks=test_tasks, sft_steps=sft_steps, rft_steps=rft_steps).items()
+               if v is not None}
+    recipe = dataclasses.replace(QuickstartRecipe(), **changes)
+    try:
+        result = run_quickstart(out, model, recipe, log=click.echo)
+    except AgentRFTError as e:
+        fail(e)
+    print_summary_table({k: result[k] for k in ("baseline", "sft", "rft")})
+    n = result["test_tasks"]
+    for stage in ("baseline", "sft", "rft"):
+        lo, hi = result[stage]["accuracy_ci95"]
+        click.echo(f"{stage:>9}: accuracy {result[stage]['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}, n={n})")
+    v = result["verdict"]
+    paired = v.get("paired")
+    click.echo(f"  verdict: {'met' if v['met'] else 'NOT met'} (RFT vs SFT: {v['accuracy_gain_points']:+.1f} accuracy "
+               f"points" + (f", paired McNemar p = {paired['mcnemar_p_value']:.3f}" if paired else "")
+               + f"; {v['fewer_tool_calls_share']:.0%} fewer tool calls)")
+    click.echo(f"total wall time {result['wall_s']:.0f} s; wrote {Path(out) / 'quickstart.json'}")
+    rft_run = result["runs"]["rft"]
+    click.echo(f"next: agentrft eval --model {rft_run} --split test   # the trained agent on any split\n"
+               f"      agentrft serve --model {rft_run}               # OpenAI-compatible endpoint (docs/serving.md)")
