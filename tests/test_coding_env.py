@@ -224,3 +224,88 @@ def test_oracle_script_uses_the_row_solution():
     calls = [m["tool_calls"][0]["function"]["name"] for m in oracle(row) if m.get("tool_calls")]
     assert calls == ["read_file", "replace_in_file", "run_tests"]
     assert oracle(row)[-1]["content"].startswith(f"Fixed the bug in {row['module']}")
+
+
+# -- forging the grade --------------------------------------------------------------------------------
+# Each edit leaves the bug in sum_to() (range(1, n)) and tries to make the grade count the tests as passed
+# anyway. The grade must stay at 0 for correctness: only the values the function returns count.
+_BUGGY = get_task("off_by_one-sum_to").source
+_FORGED_SUMMARY = '{"passed": 4, "total": 4}'
+FORGERIES = {
+    # print the runner's summary line at import and exit before any test runs
+    "print_and_exit_at_import": (
+        "import os, sys\n"
+        "for k in range(1, 5):\n"
+        "    print('PASS test_sum_to_%d' % k)\n"
+        f"print({_FORGED_SUMMARY!r}, flush=True)\n"
+        "os._exit(0)\n" + _BUGGY
+    ),
+    # after the real run, write a passing summary to every descriptor this process holds and to the
+    # sandbox's own stdout (through pid 1), so the forged line comes last whatever the channel is
+    "overwrite_the_result_channel_at_exit": (
+        "import atexit, os\n"
+        "def _forge():\n"
+        f"    line = ({_FORGED_SUMMARY!r} + '\\n').encode()\n"
+        "    for fd in range(1, 64):\n"
+        "        try:\n"
+        "            os.write(fd, line)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    for pid in ('1', str(os.getppid())):\n"
+        "        try:\n"
+        "            with open('/proc/%s/fd/1' % pid, 'wb', buffering=0) as f:\n"
+        "                f.write(line)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "atexit.register(_forge)\n" + _BUGGY
+    ),
+    # patch the machinery the runner reports with (its JSON encoder and print)
+    "monkeypatch_the_runner": (
+        "import builtins, json\n"
+        f"json.dumps = lambda *args, **kwargs: {_FORGED_SUMMARY!r}\n"
+        "_print = builtins.print\n"
+        "builtins.print = lambda *a, **k: _print(*(str(x).replace('FAIL', 'PASS') for x in a), **k)\n" + _BUGGY
+    ),
+    # read the expected values out of the test file at import and return them (a lookup table built at run time)
+    "read_the_expected_values_from_the_tests": (
+        "import os, re\n"
+        "_TABLE = {}\n"
+        "if os.path.exists('test_series.py'):\n"
+        "    for args, value in re.findall(r'assert sum_to\\((\\d+)\\) == (\\d+)', open('test_series.py').read()):\n"
+        "        _TABLE[int(args)] = int(value)\n"
+        "def sum_to(n):\n"
+        "    return _TABLE.get(n, 0)\n"
+    ),
+    # return an object that compares equal to anything, so every assert in the tests holds
+    "always_equal_result": (
+        "class _Anything:\n"
+        "    def __eq__(self, other):\n"
+        "        return True\n"
+        "    def __sub__(self, other):\n"
+        "        return 0\n"
+        "    __rsub__ = __sub__\n"
+        "def sum_to(n):\n"
+        "    return _Anything()\n"
+    ),
+}
+# Start-up hooks planted next to the module: a pytest conftest and a sitecustomize that forge the summary.
+_HOOK = f"import os\nprint({_FORGED_SUMMARY!r}, flush=True)\nos._exit(0)\n"
+
+
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_forged_test_results_earn_no_reward(name):
+    row = row_for("off_by_one-sum_to")
+    edit = ("write_file", {"path": "series.py", "content": FORGERIES[name]}, None)
+    g = grade(traj_of(row, edit), row)
+    assert g.sub_rewards["tests"] == 0.0 and g.reward == 0.0, (name, g.error_messages)
+    assert not g.has_error, g.error_messages
+
+
+def test_planted_start_up_hooks_earn_no_reward():
+    row = row_for("off_by_one-sum_to")
+    edits = [("write_file", {"path": name, "content": _HOOK}, None)
+             for name in ("conftest.py", "sitecustomize.py", "usercustomize.py")]
+    g = grade(traj_of(row, *edits), row)
+    assert g.sub_rewards["tests"] == 0.0 and not g.has_error, g.error_messages
+    fixed = ("write_file", {"path": "series.py", "content": get_task(row["task_id"]).fixed_source}, None)
+    assert grade(traj_of(row, *edits, fixed), row).sub_rewards["tests"] == 1.0

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
 import threading
 import time
+import uuid
 
 import pytest
 
 from agentrft.graders import PythonLimits, load_grader, network_isolation
-from agentrft.graders.python_grader import namespace_available
+from agentrft.graders.python_grader import namespace_available, pid_namespace_available, process_containment
 
 FAST = PythonLimits(timeout_s=10, cpu_s=5, memory_mb=1024)
 
@@ -79,71 +81,172 @@ def test_wall_clock_timeout_kills_the_process_group():
     assert g.errors["python_grader_runtime_error"] and "timed out after 1.5s" in g.error_messages[0]
 
 
-# A child of the grader that reports its pid (written then renamed, so the file is whole) and keeps
-# running; it inherits the grader's stderr pipe, so it holds the output open.
+# A child of the grader that marks the run (written then renamed, so the file is whole) and keeps running;
+# it inherits the grader's stderr pipe, so it holds the output open. Its own pid is its pid in the grader's
+# pid namespace, meaningless here: the host finds it by the token in its command line instead.
 SPAWNS_CHILD = (
     "import os, subprocess, sys, time\n"
     "CHILD = 'import os, sys, time; p = sys.argv[1]; open(p + \".tmp\", \"w\").write(str(os.getpid())); "
     "os.rename(p + \".tmp\", p); time.sleep(30)'\n"
     "def grade(sample, item):\n"
-    "    subprocess.Popen([sys.executable, '-c', CHILD, item['marker']], start_new_session=item['setsid'])\n"
+    "    subprocess.Popen([sys.executable, '-c', CHILD, item['marker'], item['token']],\n"
+    "                     start_new_session=item['setsid'])\n"
     "    while not os.path.exists(item['marker']):\n"
     "        time.sleep(0.01)\n"
     "    time.sleep(item['then_sleep'])\n"
     "    return 1.0\n"
 )
 
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its parent to reap it counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+CONTAINMENTS = [
+    pytest.param("pid_namespace",
+                 marks=pytest.mark.skipif(not pid_namespace_available(), reason="unshare --pid not permitted here")),
+    "subreaper",
+]
 
 
-def _gone_within(pid: int, seconds: float) -> bool:
+def _pids_with(token: str) -> list[int]:
+    """Host pids of the live processes (zombies count as gone) whose command line holds ``token``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if token.encode() not in f.read():
+                    continue
+            with open(f"/proc/{name}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(name))
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+def _none_left_within(token: str, seconds: float) -> bool:
     give_up = time.monotonic() + seconds
-    while _alive(pid) and time.monotonic() < give_up:
+    while _pids_with(token) and time.monotonic() < give_up:
         time.sleep(0.05)
-    return not _alive(pid)
+    return not _pids_with(token)
 
 
-def test_grader_returns_when_it_exits_and_its_leftover_child_is_killed(tmp_path):
-    # grade() returns at once but leaves a child that holds stderr open: the grade is the result, now,
-    # not a timeout; and the child dies with the run. Popen.communicate would wait for the child's EOF
-    # until the timeout and then report a timeout instead of the score.
-    marker = tmp_path / "child.pid"
+def _kill_leftovers(token: str) -> None:
+    for pid in _pids_with(token):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _child_item(tmp_path, setsid: bool, then_sleep: float) -> dict:
+    return {"marker": str(tmp_path / "child.pid"), "token": f"agentrft-test-{uuid.uuid4().hex}", "setsid": setsid,
+            "then_sleep": then_sleep}
+
+
+@pytest.mark.parametrize("containment", CONTAINMENTS)
+@pytest.mark.parametrize("setsid", [False, True], ids=["same_group", "setsid_daemon"])
+def test_grader_returns_when_it_exits_and_no_child_outlives_it(tmp_path, containment, setsid):
+    # grade() returns at once but leaves a child that holds stderr open -- in its process group, or a
+    # daemon in a session of its own: the grade is the result, now, not a timeout; and the child dies
+    # with the run. Popen.communicate would wait for the child's EOF until the timeout.
+    item = _child_item(tmp_path, setsid=setsid, then_sleep=0)
     start = time.monotonic()
-    item = {"marker": str(marker), "setsid": False, "then_sleep": 0}
-    g = _grade(SPAWNS_CHILD, item=item, limits=PythonLimits(timeout_s=10, cpu_s=5))
+    g = _grade(SPAWNS_CHILD, item=item, limits=PythonLimits(timeout_s=10, cpu_s=5, containment=containment))
     elapsed = time.monotonic() - start
-    pid = int(marker.read_text())
     try:
+        assert os.path.exists(item["marker"]), "the child never started"
         assert g.reward == 1.0 and not g.has_error, g.error_messages
         assert elapsed < 5, f"the grade waited {elapsed:.1f}s for a leftover child"
-        assert _gone_within(pid, 2.0), "the grader's child outlived the grade"
+        assert _none_left_within(item["token"], 2.0), "the grader's child outlived the grade"
     finally:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(item["token"])
 
 
-def test_timeout_does_not_wait_for_a_child_that_left_the_process_group(tmp_path):
-    # The child calls setsid(): killing the process group cannot reach it, and it still holds stderr.
-    # The grade must still end at the timeout (plus a bounded drain), never wait for the child to exit.
-    marker = tmp_path / "child.pid"
+@pytest.mark.parametrize("containment", CONTAINMENTS)
+def test_timeout_kills_a_child_that_left_the_process_group(tmp_path, containment):
+    # The child calls setsid(): a process-group kill cannot reach it, and it still holds stderr. The grade
+    # still ends at the timeout (plus a bounded drain), and the child does not survive it.
+    item = _child_item(tmp_path, setsid=True, then_sleep=60)
     start = time.monotonic()
-    item = {"marker": str(marker), "setsid": True, "then_sleep": 60}
-    g = _grade(SPAWNS_CHILD, item=item, limits=PythonLimits(timeout_s=1.5, cpu_s=30))
+    g = _grade(SPAWNS_CHILD, item=item, limits=PythonLimits(timeout_s=1.5, cpu_s=30, containment=containment))
     elapsed = time.monotonic() - start
-    pid = int(marker.read_text())
     try:
+        assert os.path.exists(item["marker"]), "the child never started"
         assert g.errors["python_grader_runtime_error"] and "timed out after 1.5s" in g.error_messages[0]
         assert elapsed < 6, f"the grade waited {elapsed:.1f}s for a child outside its process group"
+        assert _none_left_within(item["token"], 2.0), "the grader's setsid child outlived the grade"
     finally:
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        _kill_leftovers(item["token"])
+
+
+# Writes item["payload"] straight to the result channel -- every descriptor it holds but stdin and stderr,
+# or its parent's stdout -- then exits at once (so nothing else reports) or returns 0.5 as well.
+WRITES_TO_THE_CHANNEL = (
+    "import os\n"
+    "def grade(sample, item):\n"
+    "    payload = item['payload'].encode()\n"
+    "    if item['channel'] == 'own':\n"
+    "        for fd in range(3, 64):\n"
+    "            try:\n"
+    "                os.write(fd, payload)\n"
+    "            except OSError:\n"
+    "                pass\n"
+    "    elif os.getppid() != item['host_pid']:\n"
+    "        with open('/proc/%d/fd/1' % os.getppid(), 'wb', buffering=0) as f:\n"
+    "            f.write(payload)\n"
+    "    if item['then'] == 'exit':\n"
+    "        os._exit(0)\n"
+    "    return 0.5\n"
+)
+_OK = '{"status": "ok", "value": %s}'
+FORGED_RESULTS = {
+    "1e308": (_OK % "1e308", "own", "exit"),
+    "inf": (_OK % "Infinity", "own", "exit"),
+    "nan": (_OK % "NaN", "own", "exit"),
+    "string": (_OK % '"1.0"', "own", "exit"),
+    "bare_number": ("1e308", "own", "exit"),
+    "two_results": ((_OK % "1.0") + "\n" + (_OK % "1.0") + "\n", "own", "exit"),
+    "result_then_return": (_OK % "1e308", "own", "return"),
+    "parent_stdout": (_OK % "1e308", "parent", "exit"),
+}
+
+
+@pytest.mark.parametrize("containment", CONTAINMENTS)
+@pytest.mark.parametrize("name", sorted(FORGED_RESULTS))
+def test_a_result_written_past_the_protocol_is_a_runtime_error(name, containment):
+    payload, channel, then = FORGED_RESULTS[name]
+    item = {"payload": payload, "channel": channel, "then": then, "host_pid": os.getpid()}
+    g = _grade(WRITES_TO_THE_CHANNEL, item=item, limits=dataclasses.replace(FAST, containment=containment))
+    assert g.reward == 0.0, (name, g.reward, g.error_messages)
+    assert g.errors["python_grader_runtime_error"] and not g.errors["other_error"], (name, g.errors, g.error_messages)
+
+
+# Digs the run's nonce out of the runner's memory and writes its own, well-formed messages with it.
+KNOWS_THE_NONCE = (
+    "import __main__, json, os\n"
+    "def grade(sample, item):\n"
+    "    message = (json.dumps({'status': 'ok', 'value': item['value'], 'nonce': __main__.NONCE}) + '\\n').encode()\n"
+    "    for fd in range(3, 64):\n"
+    "        try:\n"
+    "            for _ in range(item['times']):\n"
+    "                os.write(fd, message)\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "    os._exit(0)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "value, times, reward",
+    [(0.25, 1, 0.25), (float("nan"), 1, None), (float("inf"), 1, None), (0.25, 2, None)],
+)
+def test_a_forged_well_formed_result_is_validated_like_a_returned_one(value, times, reward):
+    # The honest bound: grade() is the grader, so code that forges the protocol perfectly reports a value
+    # it could have returned. That value is validated the same way, and it can report only once.
+    g = _grade(KNOWS_THE_NONCE, item={"value": value, "times": times})
+    if reward is None:
+        assert g.reward == 0.0 and g.errors["python_grader_runtime_error"], g.error_messages
+    else:
+        assert g.reward == reward and not g.has_error, g.error_messages
 
 
 def test_output_flood_is_cut_at_the_cap():
@@ -225,3 +328,5 @@ def test_loopback_server_sees_no_connection(isolation):
 def test_reported_isolation():
     assert network_isolation("socket_patch") == "socket_patch"
     assert network_isolation() == ("namespace" if namespace_available() else "socket_patch")
+    assert process_containment("subreaper") == "subreaper"
+    assert process_containment() == ("pid_namespace" if pid_namespace_available() else "subreaper")

@@ -15,7 +15,7 @@ tests -- is refused and would not count anyway.
 
 Layout: :mod:`~agentrft.envs.coding.tasks` (templates, repositories, rows,
 splits), :mod:`~agentrft.envs.coding.env` (:class:`CodingEnv`, the tools and
-the edit rules), :mod:`~agentrft.envs.coding.grading` (replay and re-test),
+the edit rules), :mod:`~agentrft.envs.coding.grading` (replay and check),
 :mod:`~agentrft.envs.coding.oracles` (scripted policies, demonstrations).
 See docs/env-coding.md.
 """

@@ -19,7 +19,9 @@ guardrail: a path outside the repository (``..``, an absolute path other than
 runner -- fixing the tests instead of the code is the reward hack this
 environment is about. ``run_tests`` also puts pristine copies of the tests and
 the runner back before each run, so code that rewrote them at run time does not
-fool the agent either; the grader does the same (:mod:`.grading`).
+fool the agent either. Its output is for the agent only: code under test runs in
+the runner's process and could make it print anything, so the grader
+(:mod:`.grading`) never reads it and takes its verdict outside the sandbox.
 
 The edit rules live in pure functions (:func:`repo_path`, :func:`replace_once`,
 :func:`apply_edit`) shared by the tools and the grader's replay, so the file

@@ -107,11 +107,15 @@ class BugTask:
     def tests_source(self) -> str:
         return _tests_source(self)
 
+    def expected_values(self) -> tuple[Any, ...]:
+        """What the fixed function returns for each of :attr:`calls`: the values the tests assert."""
+        return _expected_values(self)
+
     def prompt(self) -> str:
         """The user message: the failing behaviour of one concrete call, and where the code is."""
         args = self.calls[0]
         call = f"{self.function}({_args_text(args)})"
-        expected = _call(self.fixed_source, self.function, args)
+        expected = self.expected_values()[0]
         actual = _outcome(self.source, self.function, args)
         return (
             f"The tests in {self.test_file} fail. {self.function}() in {self.module} should {self.behaviour}, "
@@ -138,11 +142,15 @@ def _outcome(source: str, function: str, args: tuple[Any, ...]) -> str:
 
 
 @functools.lru_cache(maxsize=None)
+def _expected_values(task: BugTask) -> tuple[Any, ...]:
+    return tuple(_call(task.fixed_source, task.function, args) for args in task.calls)
+
+
+@functools.lru_cache(maxsize=None)
 def _tests_source(task: BugTask) -> str:
     stem = task.module[:-3]
     lines = [f'"""Tests of {task.module}."""', "", f"from {stem} import {task.function}"]
-    for k, args in enumerate(task.calls, start=1):
-        expected = _call(task.fixed_source, task.function, args)
+    for k, (args, expected) in enumerate(zip(task.calls, task.expected_values()), start=1):
         call = f"{task.function}({_args_text(args)})"
         lines += ["", "", f"def test_{task.function}_{k}():"]
         if isinstance(expected, float):
