@@ -10,6 +10,7 @@ each get their own answer, seeds reproduce, usage counts the tokens. Streaming
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -415,3 +416,48 @@ def test_batched_streams_each_get_only_their_own_tokens(chat_format, openai_serv
             got = list(pool.map(ask, ["A?", "B?"]))
     assert [len(call) for call in sampler.calls] == [2]  # one batched call decoded both
     assert sorted(got) == sorted(answers)  # each stream is one whole answer: no tokens of the other
+
+
+# -- a client that goes away -------------------------------------------------------------------
+
+
+class SlowHFSampler(HFSampler):
+    """The real sampler with its decode loop slowed down (a sleep per token); ``decoded`` counts the tokens."""
+
+    decoded = 0
+
+    def generate(self, prompts, params, on_token=None):
+        def slow(row, token):  # inside HFSampler's decode loop
+            self.decoded += 1
+            time.sleep(0.02)
+            if on_token is not None:
+                on_token(row, token)  # the server's: raises once the client has gone, out of the decode loop
+
+        return super().generate(prompts, params, on_token=slow)
+
+
+def test_a_dropped_stream_stops_the_real_decode_loop_and_the_sampler_serves_on(tiny_model, chat_format,
+                                                                                 openai_server):
+    model, tok = tiny_model
+    sampler = SlowHFSampler(model, pad_token_id=tok.pad_token_id)
+    app = create_app(sampler, chat_format, ServerSettings(model_name="tiny"))
+    with openai_server(app) as client:
+        stream = client.chat.completions.create(model="tiny", messages=user("Tell me a story."), temperature=1.0,
+                                                max_tokens=200, stream=True)
+        for k, _ in enumerate(stream):
+            if k == 3:
+                break
+        stream.close()
+        decoded = -1
+        while sampler.decoded != decoded:  # until the worker is idle again
+            decoded = sampler.decoded
+            time.sleep(0.3)
+        ask = dict(model="tiny", messages=user("Name a colour."), temperature=0, max_tokens=9)
+        r = client.chat.completions.create(**ask)
+    assert decoded < 100  # the abandoned stream's 200 tokens were not all decoded
+    ref_sampler = HFSampler(model, pad_token_id=tok.pad_token_id, prefix_cache_tokens=0)
+    (ref,) = ref_sampler.generate([chat_format.prompt_tokens(ask["messages"])],
+                                  SamplingParams(temperature=0, max_new_tokens=9,
+                                                 stop_token_ids=chat_format.stop_token_ids))
+    body = ref.token_ids[:-1] if ref.finish_reason == "stop" else ref.token_ids
+    assert r.choices[0].message.content == chat_format.decode(body)  # the sampler is whole after the cancel

@@ -8,6 +8,7 @@ import click
 
 from agentrft.cli.common import chat_format_option, fail, load_model_and_format
 from agentrft.errors import AgentRFTError
+from agentrft.serving.protocol import ServerSettings
 
 
 @click.command("export")
@@ -40,23 +41,29 @@ def export_cmd(run_dir: str, out: str, dtype: str) -> None:
               help="Most sequences decoded together (waiting requests with the same settings are batched).")
 @click.option("--default-max-tokens", type=int, default=512, show_default=True,
               help="Completion length limit when a request sets no max_tokens.")
+@click.option("--max-request-bytes", type=int, default=ServerSettings.max_request_bytes, show_default=True,
+              help="Largest request body; a larger one gets 413 before it is read.")
+@click.option("--max-queued-requests", type=int, default=ServerSettings.max_queued_requests, show_default=True,
+              help="Requests being read, rendered or waiting for the sampler at once; one more gets 429.")
 def serve_cmd(model: str, host: str, port: int, served_name: str | None, chat_format: str, max_batch_size: int,
-              default_max_tokens: int) -> None:
+              default_max_tokens: int, max_request_bytes: int, max_queued_requests: int) -> None:
     """Serve MODEL behind an OpenAI-compatible API: GET /v1/models, POST /v1/chat/completions (tools included)."""
     import uvicorn
 
     from agentrft.rollout.hf_sampler import HFSampler
-    from agentrft.serving import ServerSettings, create_app
+    from agentrft.serving import create_app
 
     try:
-        if max_batch_size < 1 or default_max_tokens < 1:
-            raise AgentRFTError("--max-batch-size and --default-max-tokens must be >= 1")
+        if min(max_batch_size, default_max_tokens, max_request_bytes, max_queued_requests) < 1:
+            raise AgentRFTError("--max-batch-size, --default-max-tokens, --max-request-bytes and "
+                                "--max-queued-requests must be >= 1")
         t0 = time.perf_counter()
         loaded, cf = load_model_and_format(model, chat_format)
         sampler = HFSampler(loaded.model, pad_token_id=loaded.tokenizer.pad_token_id, max_batch_size=max_batch_size,
                             prefix_cache_tokens=8192, cpu_matmul=loaded.cpu_matmul)
         settings = ServerSettings(model_name=served_name or model, max_batch_size=max_batch_size,
-                                  default_max_tokens=default_max_tokens)
+                                  default_max_tokens=default_max_tokens, max_request_bytes=max_request_bytes,
+                                  max_queued_requests=max_queued_requests)
         app = create_app(sampler, cf, settings)
     except AgentRFTError as e:
         fail(e)

@@ -2,10 +2,12 @@
 
 :func:`create_app` builds the :class:`~agentrft.serving.engine.BatchingGenerator`
 over the sampler, puts what the handlers read on ``app.state`` (``engine``,
-``chat_format``, ``settings``, ``max_context``, ``created``), renders every
-error as OpenAI's error JSON, runs the engine's worker for the app's lifespan,
-and includes the routers (``models``, then ``chat``). Routers added later read
-the same ``app.state``.
+``chat_format``, ``settings``, ``max_context``, ``created``, ``preparing``),
+renders every error as OpenAI's error JSON, runs the engine's worker and the
+one tokenizer thread (``tokenizer_thread``: all tokenizer work, so the
+tokenizer is never used from two threads and the event loop stays free) for
+the app's lifespan, and includes the routers (``models``, then ``chat``).
+Routers added later read the same ``app.state``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -30,11 +33,13 @@ def create_app(sampler: Sampler, chat_format: ChatFormat, settings: ServerSettin
     """The FastAPI app serving ``sampler`` under ``settings.model_name`` (the worker runs during its lifespan)."""
     max_context = min(settings.max_context or sampler.max_context, sampler.max_context)
     app = FastAPI(title="agentrft", lifespan=_engine_running)
-    app.state.engine = BatchingGenerator(sampler, max_context, settings.max_batch_size, settings.batch_window_s)
+    app.state.engine = BatchingGenerator(sampler, max_context, settings.max_batch_size, settings.batch_window_s,
+                                         max_queued=settings.max_queued_requests)
     app.state.chat_format = chat_format
     app.state.settings = settings
     app.state.max_context = max_context
     app.state.created = int(time.time())
+    app.state.preparing = 0  # chat completion requests being read or rendered right now
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.include_router(models.router)
@@ -44,15 +49,17 @@ def create_app(sampler: Sampler, chat_format: ChatFormat, settings: ServerSettin
 
 @contextlib.asynccontextmanager
 async def _engine_running(app: FastAPI):
+    app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrft-tokenizer")
     app.state.engine.start()
     try:
         yield
     finally:
         app.state.engine.stop()
+        app.state.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
 
 async def _api_error(request: Request, e: APIError) -> JSONResponse:
-    return JSONResponse(status_code=e.status, content=e.body())
+    return JSONResponse(status_code=e.status, content=e.body(), headers=e.headers)
 
 
 async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:

@@ -7,18 +7,32 @@ trained agent is prompted at serving time exactly as it was in its rollouts
 (for canonical assistant turns, the episode loop's incremental record equals
 this whole-conversation rendering: the chat-format conformance tests). The
 sampled turn is parsed back into ``content`` and ``tool_calls`` with the chat
-format's parser. Tokenisation and parsing stay on the event loop's thread, so
-the tokenizer is never used from two threads (the engine's worker only
-samples).
+format's parser.
+
+What a request may cost the server is bounded, and the event loop never does
+the heavy part:
+
+* the body is read only up to ``settings.max_request_bytes`` (a 413 from its
+  ``Content-Length``, before reading it, or as soon as more has arrived);
+* decoding the JSON, validating, rendering, and decoding the sampled tokens
+  run on the app's one tokenizer thread (``tokenizer_thread``: the tokenizer
+  is never used from two threads, and ``/health`` answers meanwhile);
+* at most ``settings.max_queued_requests`` requests are held before decoding
+  (being read, rendered, or waiting for the sampler); one more is a 429;
+* a client that goes away cancels its job: a plain request's disconnect is
+  polled (``request.is_disconnected()``) while it waits for the engine, a
+  stream's is seen by its response (see :mod:`~agentrft.serving.streaming`).
 
 The handler reads what it needs from ``request.app.state``: ``engine``
 (:class:`~agentrft.serving.engine.BatchingGenerator`), ``chat_format``,
-``settings`` (:class:`~agentrft.serving.protocol.ServerSettings`) and
-``max_context``, all set by :func:`~agentrft.serving.app.create_app`.
+``settings`` (:class:`~agentrft.serving.protocol.ServerSettings`),
+``max_context``, ``tokenizer_thread`` and ``preparing`` (requests read or
+rendered right now), all set by :func:`~agentrft.serving.app.create_app`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -26,18 +40,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from agentrft.errors import AgentRFTError
 from agentrft.models.chat_format import ChatFormat
-from agentrft.serving.protocol import (APIError, ChatCompletionRequest, ServerSettings, check_supported,
-                                       completion_body, completion_choice, conversation, parse_request,
-                                       require_served_model, stop_strings)
-from agentrft.serving.streaming import stream_events
+from agentrft.rollout.sampler import Completion
+from agentrft.serving.engine import BatchingGenerator, QueueFull
+from agentrft.serving.protocol import (APIError, ChatCompletionRequest, ServerSettings, byte_size, check_supported,
+                                       completion_body, completion_choice, conversation, parse_json_body,
+                                       parse_request, require_served_model, stop_strings)
+from agentrft.serving.streaming import EventStream, stream_events
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
+
+DISCONNECT_POLL_S = 0.1
+"""How often a plain request waiting for the engine checks that its client is still there."""
+CLIENT_CLOSED_REQUEST = 499  # nobody reads it: the status logged for a request whose client went away
 
 
 @dataclass(frozen=True)
@@ -46,9 +67,11 @@ class _Plan:
 
     prompt: list[int]
     generation: dict[str, Any]
-    """Keyword arguments of :meth:`BatchingGenerator.generate`."""
+    """Keyword arguments of :meth:`BatchingGenerator.submit`."""
     stops: list[str]
     parse_tools: bool
+    stream: bool
+    include_usage: bool
 
 
 @router.post("/v1/chat/completions")
@@ -58,6 +81,8 @@ async def chat_completions(request: Request) -> Response:
         return await _complete(request)
     except APIError:
         raise
+    except ClientDisconnect:  # gone while its body was being read
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     except Exception as e:  # e.g. the sampler failed: this request gets a 500, the server keeps serving
         logger.exception("chat completion failed")
         raise APIError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from None
@@ -65,25 +90,87 @@ async def chat_completions(request: Request) -> Response:
 
 async def _complete(request: Request) -> Response:
     state = request.app.state
+    engine, settings, loop = state.engine, state.settings, asyncio.get_running_loop()
+    if state.preparing + engine.queued >= settings.max_queued_requests:
+        raise _busy(settings)
+    state.preparing += 1
     try:
-        body = await request.json()
-    except ValueError:
-        raise APIError(400, "the request body is not valid JSON") from None
-    req = parse_request(body)
-    plan = _plan(req, state.chat_format, state.settings, state.max_context)
-    if req.stream:
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
-        events = stream_events(state.engine, state.chat_format, state.settings.model_name, plan.prompt,
-                               plan.generation, plan.stops, plan.parse_tools, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    completions = await state.engine.generate(plan.prompt, **plan.generation)
+        raw = await _read_body(request, settings.max_request_bytes)
+        plan = await loop.run_in_executor(state.tokenizer_thread, _prepare, raw, state.chat_format, settings,
+                                          state.max_context)
+        del raw
+        tokens: asyncio.Queue | None = asyncio.Queue() if plan.stream else None
+        try:
+            job = engine.submit(plan.prompt, stream=tokens, **plan.generation)
+        except QueueFull:
+            raise _busy(settings) from None
+    finally:
+        state.preparing -= 1
+    if plan.stream:
+        events = stream_events(engine, job, tokens, state.tokenizer_thread, state.chat_format, settings.model_name,
+                               plan.generation["n"], len(plan.prompt), plan.stops, plan.parse_tools,
+                               plan.include_usage)
+        return EventStream(events, on_close=lambda: engine.cancel(job))
+    completions = await _unless_disconnected(request, engine, job)
+    if completions is None:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    choices, n_completion = await loop.run_in_executor(state.tokenizer_thread, _choices, completions,
+                                                       state.chat_format, plan.parse_tools, plan.stops)
+    return JSONResponse(completion_body(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), settings.model_name,
+                                        choices, len(plan.prompt), n_completion))
+
+
+def _busy(settings: ServerSettings) -> APIError:
+    return APIError(429, f"the server is busy: {settings.max_queued_requests} requests are already in its queue; "
+                         "retry later", kind="requests", code="rate_limit_exceeded", headers={"Retry-After": "1"})
+
+
+async def _read_body(request: Request, limit: int) -> bytearray:
+    """The request body, read only up to ``limit`` bytes: a 413 beyond that."""
+    too_large = APIError(413, f"the request body is larger than this server's limit of {byte_size(limit)} "
+                              "(max_request_bytes)", code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large  # refused before a byte of it is read
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return body
+
+
+async def _unless_disconnected(request: Request, engine: BatchingGenerator, job) -> list[Completion] | None:
+    """The job's completions; None, with the job cancelled, when the client goes away first."""
+    waiter = asyncio.ensure_future(engine.result(job))
+    try:
+        while True:
+            await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
+            if waiter.done():
+                return waiter.result()
+            if await request.is_disconnected():
+                return None
+    finally:
+        if not waiter.done():  # the client left, or this handler was cancelled
+            waiter.cancel()
+            engine.cancel(job)
+
+
+def _prepare(raw: bytearray, chat_format: ChatFormat, settings: ServerSettings, max_context: int) -> _Plan:
+    """Decode, validate and render a request body; on the tokenizer thread."""
+    req = parse_request(parse_json_body(raw))
+    return _plan(req, chat_format, settings, max_context)
+
+
+def _choices(completions: list[Completion], chat_format: ChatFormat, parse_tools: bool,
+             stops: list[str]) -> tuple[list[dict], int]:
+    """The response's choices and the completion tokens they count; on the tokenizer thread."""
     choices, n_completion = [], 0
     for i, comp in enumerate(completions):
-        choice, count = completion_choice(i, comp, state.chat_format, plan.parse_tools, plan.stops)
+        choice, count = completion_choice(i, comp, chat_format, parse_tools, stops)
         choices.append(choice)
         n_completion += count
-    return JSONResponse(completion_body(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.settings.model_name,
-                                        choices, len(plan.prompt), n_completion))
+    return choices, n_completion
 
 
 def _plan(req: ChatCompletionRequest, chat_format: ChatFormat, settings: ServerSettings, max_context: int) -> _Plan:
@@ -95,7 +182,7 @@ def _plan(req: ChatCompletionRequest, chat_format: ChatFormat, settings: ServerS
     messages, tools = conversation(req)
     try:
         prompt = chat_format.prompt_tokens(messages, tools)
-    except (ValueError, AgentRFTError) as e:
+    except (ValueError, RecursionError, AgentRFTError) as e:
         raise APIError(400, f"cannot render these messages with the {chat_format.name} chat format: {e}",
                        param="messages") from None
 
@@ -114,4 +201,5 @@ def _plan(req: ChatCompletionRequest, chat_format: ChatFormat, settings: ServerS
                       temperature=1.0 if req.temperature is None else req.temperature,
                       top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
                       stop_token_ids=tuple(chat_format.stop_token_ids))
-    return _Plan(prompt, generation, stop_strings(req), parse_tools=bool(tools) and req.tool_choice != "none")
+    return _Plan(prompt, generation, stop_strings(req), parse_tools=bool(tools) and req.tool_choice != "none",
+                 stream=bool(req.stream), include_usage=bool((req.stream_options or {}).get("include_usage")))

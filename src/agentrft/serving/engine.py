@@ -19,6 +19,22 @@ another request's stream. Every sampler hands over each token before
 ``generate`` returns, so a stream holds all of a completion's tokens by the
 time its result is settled.
 
+Cancellation: a job whose client went away is cancelled
+(:meth:`BatchingGenerator.cancel`, or cancelling the task that awaits
+:meth:`BatchingGenerator.result`). A cancelled job still waiting is dropped. A
+batch being decoded stops at its next token once every job in it is
+cancelled: ``on_token`` raises :class:`GenerationCancelled`, which leaves the
+sampler's ``generate`` (``on_token`` runs inline in its decode loop). While
+one job of the batch is still wanted, the batch decodes on for it and the
+cancelled jobs' tokens are no longer streamed: stopping single rows would need
+the sampler's help, and requeueing the wanted jobs would throw their work away
+and, when sampled, change tokens already streamed.
+
+Back-pressure: at most ``max_queued`` jobs wait for the worker (the batch
+being decoded does not count); :meth:`BatchingGenerator.submit` raises
+:class:`QueueFull` beyond that, and a cancelled job frees its place at once.
+No job stays referenced once it is settled (``stats`` holds counts only).
+
 This module knows nothing of HTTP: it takes token ids and returns
 :class:`~agentrft.rollout.sampler.Completion` objects, so it is tested
 directly with the scripted sampler.
@@ -35,7 +51,15 @@ from dataclasses import dataclass
 
 from agentrft.rollout.sampler import Completion, Sampler, SamplingParams
 
-__all__ = ["BatchingGenerator"]
+__all__ = ["BatchingGenerator", "GenerationCancelled", "QueueFull"]
+
+
+class GenerationCancelled(Exception):
+    """Raised by the engine's ``on_token`` to stop a sampler call whose every job was cancelled."""
+
+
+class QueueFull(Exception):
+    """:meth:`BatchingGenerator.submit` refuses a job: ``max_queued`` jobs are already waiting."""
 
 
 @dataclass(eq=False)
@@ -50,6 +74,8 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     stream: asyncio.Queue | None = None  # (choice index, token id) as they are sampled, for stream: true
+    waiting: bool = True  # queued, not yet taken into a batch (guarded by the engine's lock)
+    cancelled: bool = False  # the client went away; read by the worker thread
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one sampler call."""
@@ -63,15 +89,25 @@ class _Job:
 class BatchingGenerator:
     """Owns a sampler on one worker thread; requests waiting together with compatible settings share a call."""
 
-    def __init__(self, sampler: Sampler, max_context: int, max_batch_size: int = 8, batch_window_s: float = 0.0):
+    def __init__(self, sampler: Sampler, max_context: int, max_batch_size: int = 8, batch_window_s: float = 0.0,
+                 max_queued: int | None = None):
         self.sampler = sampler
         self.max_context = max_context
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_s
+        self.max_queued = max_queued
+        """Most jobs waiting for the worker at once (None: no limit); :meth:`submit` refuses one more."""
         self.stats = {"requests": 0, "calls": 0, "largest_call": 0}
         """Requests served, sampler calls made, and the most sequences one call decoded."""
         self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._queued = 0
         self._thread: threading.Thread | None = None
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for the worker (submitted, not cancelled, not yet in a batch)."""
+        return self._queued
 
     def start(self) -> None:
         if self._thread is None:
@@ -84,46 +120,91 @@ class BatchingGenerator:
             self._thread.join()
             self._thread = None
 
-    async def generate(self, prompt: list[int], *, n: int, max_new_tokens: int, temperature: float, top_p: float,
-                       seed: int | None, stop_token_ids: tuple[int, ...],
-                       stream: asyncio.Queue | None = None) -> list[Completion]:
-        """``n`` completions of ``prompt``; raises what the sampler raised. With ``stream``, each sampled token
-        is also put there as ``(choice index, token id)`` as it comes (all of them before this returns)."""
+    def submit(self, prompt: list[int], *, n: int, max_new_tokens: int, temperature: float, top_p: float,
+               seed: int | None, stop_token_ids: tuple[int, ...], stream: asyncio.Queue | None = None) -> _Job:
+        """Queue a job for ``n`` completions of ``prompt``, from the event loop that will await it (see
+        :meth:`result`); :class:`QueueFull` when ``max_queued`` jobs are waiting. With ``stream``, each sampled
+        token is also put there as ``(choice index, token id)`` as it comes (all of them before the result)."""
         if self._thread is None:
             raise RuntimeError("the generator is not running (start() it, or serve the app through its lifespan)")
         loop = asyncio.get_running_loop()
         job = _Job(list(prompt), n, max_new_tokens, temperature, top_p, seed, tuple(stop_token_ids), loop,
                    loop.create_future(), stream)
+        with self._lock:
+            if self.max_queued is not None and self._queued >= self.max_queued:
+                raise QueueFull(f"{self._queued} requests are already waiting for the sampler")
+            self._queued += 1
         self._queue.put(job)
-        return await job.future
+        return job
+
+    async def result(self, job: _Job) -> list[Completion]:
+        """The job's completions; raises what the sampler raised. Cancelling the awaiting task cancels the job."""
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self.cancel(job)
+            raise
+
+    def cancel(self, job: _Job) -> None:
+        """The client went away (call it from the job's event loop): drop the job if it is still waiting, stop
+        forwarding its tokens, and stop its batch at the next token once no job in the batch is wanted."""
+        with self._lock:
+            if job.waiting:
+                job.waiting = False
+                self._queued -= 1
+            job.cancelled = True
+        job.future.cancel()
+
+    async def generate(self, prompt: list[int], *, n: int, max_new_tokens: int, temperature: float, top_p: float,
+                       seed: int | None, stop_token_ids: tuple[int, ...],
+                       stream: asyncio.Queue | None = None) -> list[Completion]:
+        """:meth:`submit` and :meth:`result` in one call."""
+        return await self.result(self.submit(prompt, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
+                                             top_p=top_p, seed=seed, stop_token_ids=stop_token_ids, stream=stream))
 
     def _work(self) -> None:
         pending: list[_Job] = []
         while True:
             if not pending:
-                job = self._queue.get()
-                if job is None:
+                first = self._queue.get()
+                if first is None:
                     return
-                pending.append(job)
+                pending.append(first)
+                del first  # a settled job must not stay referenced from here
                 if self.batch_window_s:
                     time.sleep(self.batch_window_s)
-            while True:  # everything else already waiting
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    for j in pending:
-                        _settle(j, error=RuntimeError("the server is shutting down"))
-                    return
-                pending.append(job)
+            if not self._take_waiting(pending):
+                for j in pending:
+                    self._leave_queue(j)
+                    _settle(j, error=RuntimeError("the server is shutting down"))
+                return
             batch = self._take_batch(pending)
             if batch:
                 self._run(batch)
+            del batch  # nor its batch
+
+    def _take_waiting(self, pending: list[_Job]) -> bool:
+        """Move every job already waiting into ``pending``; False when the engine is stopping."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return True
+            if job is None:
+                return False
+            pending.append(job)
+
+    def _leave_queue(self, job: _Job) -> bool:
+        """Mark ``job`` as no longer waiting; False when it was cancelled."""
+        with self._lock:
+            if job.waiting:
+                job.waiting = False
+                self._queued -= 1
+            return not job.cancelled
 
     def _take_batch(self, pending: list[_Job]) -> list[_Job]:
         """Remove and return the oldest job plus the waiting jobs that can share its call."""
-        live = [j for j in pending if not j.future.cancelled()]  # the client went away
+        live = [j for j in pending if not j.cancelled]  # the client went away
         pending.clear()
         if not live:
             return []
@@ -138,7 +219,7 @@ class BatchingGenerator:
                 rows, longest, most = rows + job.n, max(longest, len(job.prompt)), max(most, job.max_new_tokens)
             else:
                 pending.append(job)
-        return batch
+        return [j for j in batch if self._leave_queue(j)]  # one cancelled meanwhile is dropped
 
     def _run(self, batch: list[_Job]) -> None:
         first = batch[0]
@@ -155,6 +236,10 @@ class BatchingGenerator:
 
         def on_token(row: int, token: int) -> None:  # on this worker thread, from the decode loop
             job, choice = rows[row]
+            if job.cancelled:
+                if all(j.cancelled for j in batch):
+                    raise GenerationCancelled  # leaves the sampler's generate: nobody wants this call any more
+                return
             if job.stream is not None and sent[row] < job.max_new_tokens:  # rows run to the batch's longest
                 sent[row] += 1
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is reading any more
@@ -162,7 +247,7 @@ class BatchingGenerator:
 
         try:
             completions = self.sampler.generate(prompts, params, on_token=on_token)
-        except Exception as e:  # the requests fail, the server keeps serving
+        except Exception as e:  # the requests fail (or were all cancelled), the server keeps serving
             for j in batch:
                 _settle(j, error=e)
             return

@@ -14,6 +14,14 @@ decoding), ``logprobs``, non-zero penalties, ``logit_bias`` and structured
 model's text is data. ``stop`` strings are applied to the decoded text after
 sampling (the sampler stops on token ids only).
 
+Every malformed body is a 4xx: the body is decoded by :func:`parse_json_body`
+(invalid UTF-8, invalid JSON and nesting deeper than the JSON decoder's
+recursion limit are 400s), and the shape of each message (``role``,
+``content`` and its parts, ``name``, ``tool_call_id``, assistant
+``tool_calls``) and each tool schema is checked before anything renders it.
+Error messages are clipped to :data:`MAX_ERROR_MESSAGE` characters, so a
+refused megabyte of input is not echoed back.
+
 The response builders (:func:`completion_choice`, :func:`completion_body`,
 :func:`completion_chunk`, :func:`chunk_choice`) are the one place each OpenAI
 body is shaped, for plain and streamed answers alike. Nothing here depends on
@@ -22,26 +30,32 @@ the web framework.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agentrft.models.chat_format import message_text, message_tool_calls, normalize_tool_schema
+from agentrft.models.chat_format import message_tool_calls, normalize_tool_schema
 from agentrft.rollout.episode import normalize_messages
 from agentrft.rollout.sampler import Completion
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_STOP_STRINGS = 4
+MAX_ERROR_MESSAGE = 1000
 
 
 class APIError(Exception):
     """A request the server refuses; rendered as OpenAI's error JSON ``{"error": {message, type, param, code}}``."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[:MAX_ERROR_MESSAGE] + " ..."
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers
+        """Response headers (``Retry-After`` on a 429)."""
 
     def body(self) -> dict:
         """The error as OpenAI sends it: the body of an error response, or of an error event in a stream."""
@@ -62,6 +76,20 @@ class ServerSettings:
     batch_window_s: float = 0.0
     """How long the worker waits for batch mates after a request arrives on an idle server (0: take what is
     already waiting; requests that arrive during a generation are batched into the next one anyway)."""
+    max_request_bytes: int = 8 * 1024 * 1024
+    """Largest request body accepted; a larger one is a 413, refused from its ``Content-Length`` before it is
+    read, or as soon as that many bytes have arrived when it has none."""
+    max_queued_requests: int = 64
+    """Most chat completion requests held before decoding (being read, rendered, or waiting for the sampler);
+    one more is a 429 with ``Retry-After``. The batch being decoded does not count."""
+
+
+def byte_size(n: int) -> str:
+    """``n`` bytes for a message: "8 MiB", "64 KiB", "100 bytes"."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
 
 
 def require_served_model(model_id: str, settings: ServerSettings) -> None:
@@ -104,6 +132,16 @@ class ChatCompletionRequest(BaseModel):
     metadata: dict[str, Any] | None = None
     store: bool | None = None
     parallel_tool_calls: bool | None = None
+
+
+def parse_json_body(raw: bytes | bytearray) -> Any:
+    """The request body decoded; a 400 for invalid UTF-8 or JSON, and for nesting too deep to decode."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise APIError(400, "the request body is nested too deeply") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise APIError(400, "the request body is not valid JSON") from None
 
 
 def parse_request(body: Any) -> ChatCompletionRequest:
@@ -154,25 +192,12 @@ def check_supported(req: ChatCompletionRequest) -> None:
 def conversation(req: ChatCompletionRequest) -> tuple[list[dict], list[dict] | None]:
     """Validated messages and tool schemas, normalised the way the episode loop normalises a task's messages."""
     for i, m in enumerate(req.messages):
-        role = m.get("role")
-        if role not in ROLES:
-            raise APIError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}; got {role!r}",
-                           param=f"messages[{i}].role")
-        try:
-            message_text(m.get("content"))
-        except ValueError as e:
-            raise APIError(400, f"messages[{i}].content: {e}", param=f"messages[{i}].content") from None
-        if role == "assistant":
+        _check_message(f"messages[{i}]", m)
+        if m["role"] == "assistant":
             try:
                 message_tool_calls(m)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # arguments: not JSON, not an object, nested too deep
                 raise APIError(400, f"messages[{i}].tool_calls: {e}", param=f"messages[{i}].tool_calls") from None
-        elif m.get("tool_calls"):
-            raise APIError(400, f"messages[{i}]: only assistant messages carry tool_calls",
-                           param=f"messages[{i}].tool_calls")
-        if role == "tool" and not m.get("tool_call_id"):
-            raise APIError(400, f"messages[{i}]: a tool message needs tool_call_id",
-                           param=f"messages[{i}].tool_call_id")
     tools = None
     if req.tools:
         tools = []
@@ -181,12 +206,75 @@ def conversation(req: ChatCompletionRequest) -> tuple[list[dict], list[dict] | N
                 schema = normalize_tool_schema(t)
             except ValueError as e:
                 raise APIError(400, f"tools[{j}]: {e}", param=f"tools[{j}]") from None
-            fn = schema.get("function")
-            if schema.get("type", "function") != "function" or not isinstance(fn, dict) or not fn.get("name"):
-                raise APIError(400, f'tools[{j}] must be {{"type": "function", "function": {{"name": ...}}}}',
-                               param=f"tools[{j}]")
+            _check_tool_schema(f"tools[{j}]", schema)
             tools.append(schema)
     return normalize_messages(req.messages), tools
+
+
+def _refuse(where: str, why: str) -> NoReturn:
+    raise APIError(400, f"{where} {why}", param=where)
+
+
+def _check_message(where: str, m: dict) -> None:
+    """The shape of one message, as the renderers rely on it."""
+    role = m.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        _refuse(f"{where}.role", f"must be one of {', '.join(ROLES)}; got {role!r:.100}")
+    content = m.get("content")
+    if isinstance(content, list):
+        for k, part in enumerate(content):
+            if isinstance(part, str):
+                continue
+            is_text = isinstance(part, dict) and part.get("type", "text") == "text"
+            if not (is_text and isinstance(part.get("text"), str)):
+                _refuse(f"{where}.content[{k}]", 'must be a text part ({"type": "text", "text": "..."}): only text '
+                                                 "content is supported")
+    elif content is not None and not isinstance(content, str):
+        _refuse(f"{where}.content", f"must be a string, a list of text parts or null; got {type(content).__name__}")
+    for key in ("name", "tool_call_id"):
+        if m.get(key) is not None and not isinstance(m[key], str):
+            _refuse(f"{where}.{key}", f"must be a string; got {type(m[key]).__name__}")
+    calls = m.get("tool_calls")
+    if calls and role != "assistant":
+        _refuse(f"{where}.tool_calls", "is only allowed on assistant messages")
+    if calls is not None:
+        if not isinstance(calls, list):
+            _refuse(f"{where}.tool_calls", f"must be a list of tool calls; got {type(calls).__name__}")
+        for k, call in enumerate(calls):
+            _check_tool_call(f"{where}.tool_calls[{k}]", call)
+    if role == "tool" and not m.get("tool_call_id"):
+        _refuse(f"{where}.tool_call_id", "is required on a tool message")
+
+
+def _check_tool_call(where: str, call: Any) -> None:
+    """``{"id": str, "type": "function", "function": {"name": str, "arguments": str}}`` (id and type optional;
+    arguments may also be the decoded object)."""
+    if not isinstance(call, dict):
+        _refuse(where, f'must be an object {{"type": "function", "function": {{...}}}}; got {type(call).__name__}')
+    if call.get("type", "function") != "function":
+        _refuse(f"{where}.type", 'must be "function"')
+    if call.get("id") is not None and not isinstance(call["id"], str):
+        _refuse(f"{where}.id", "must be a string")
+    fn = call.get("function")
+    if not isinstance(fn, dict):
+        _refuse(f"{where}.function", 'must be an object {"name": ..., "arguments": ...}')
+    if not isinstance(fn.get("name"), str) or not fn["name"]:
+        _refuse(f"{where}.function.name", "must be a non-empty string")
+    if not isinstance(fn.get("arguments", ""), (str, dict)):
+        _refuse(f"{where}.function.arguments", "must be a string holding a JSON object")
+
+
+def _check_tool_schema(where: str, schema: dict) -> None:
+    """``{"type": "function", "function": {"name": str, "description": str, "parameters": {...}}}``."""
+    fn = schema.get("function")
+    if schema.get("type", "function") != "function" or not isinstance(fn, dict) or not fn.get("name"):
+        _refuse(where, 'must be {"type": "function", "function": {"name": ...}}')
+    if not isinstance(fn["name"], str):
+        _refuse(f"{where}.function.name", "must be a string")
+    if fn.get("description") is not None and not isinstance(fn["description"], str):
+        _refuse(f"{where}.function.description", "must be a string")
+    if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+        _refuse(f"{where}.function.parameters", "must be a JSON schema object")
 
 
 def stop_strings(req: ChatCompletionRequest) -> list[str]:

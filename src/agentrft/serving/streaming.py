@@ -11,6 +11,12 @@ non-streamed response, except that the text before a tool call may keep
 whitespace the parsed ``content`` strips. ``stream_options.include_usage``
 adds the usage chunk. A failure after the headers are sent is an error event,
 as OpenAI sends it.
+
+Decoding the tokens to text uses the tokenizer, so it runs on the app's one
+tokenizer thread (``tokenizer_thread``), in one hop for all the tokens that
+arrived together. A client that goes away cancels its job
+(:class:`EventStream` does, however the response ends, even before the
+events started), so its batch stops decoding for it.
 """
 
 from __future__ import annotations
@@ -20,9 +26,14 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, AsyncIterator, Sequence
+from concurrent.futures import Executor
+from typing import AsyncIterator, Callable, Sequence
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from agentrft.models.chat_format import TOOL_CALL_OPEN
+from agentrft.rollout.sampler import Completion
 from agentrft.serving.engine import BatchingGenerator
 from agentrft.serving.protocol import (APIError, chunk_choice, completion_chunk, completion_choice, first_stop,
                                        token_usage)
@@ -97,23 +108,65 @@ def _sse(body: dict) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def stream_events(engine: BatchingGenerator, chat_format, model_name: str, prompt: list[int],
-                        generation: dict[str, Any], stops: list[str], parse_tools: bool,
-                        include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events: a role chunk per choice, content deltas as tokens come, then each choice's end.
+class EventStream(StreamingResponse):
+    """A ``text/event-stream`` response that calls ``on_close`` once it ends, however it ends: finished, failed,
+    or cut short by the client (Starlette then cancels the response before the events may even have started,
+    so the generator's own ``finally`` is not enough)."""
 
-    ``generation`` holds the keyword arguments of :meth:`BatchingGenerator.generate`.
-    """
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+            await self.body_iterator.aclose()
+
+
+def _push(states: list[_StreamedChoice], tokens: list[tuple[int, int]]) -> list[dict]:
+    """The content deltas (chunk choices) these ``(choice, token)`` make safe to send; on the tokenizer thread."""
+    deltas = []
+    for choice, token in tokens:
+        if delta := states[choice].push(token):
+            deltas.append(chunk_choice(choice, {"content": delta}))
+    return deltas
+
+
+def _finish(states: list[_StreamedChoice], completions: list[Completion], chat_format, parse_tools: bool,
+            stops: Sequence[str]) -> tuple[list[dict], int]:
+    """Each choice's last deltas, and the completion tokens they count; on the tokenizer thread."""
+    deltas, n_completion = [], 0
+    for i, comp in enumerate(completions):
+        whole, count = completion_choice(i, comp, chat_format, parse_tools, stops)
+        n_completion += count
+        deltas.extend(states[i].finish(whole))
+    return deltas, n_completion
+
+
+def _drain(tokens: asyncio.Queue) -> list[tuple[int, int]]:
+    items = []
+    while not tokens.empty():
+        items.append(tokens.get_nowait())
+    return items
+
+
+async def stream_events(engine: BatchingGenerator, job, tokens: asyncio.Queue, tokenizer_thread: Executor,
+                        chat_format, model_name: str, n: int, n_prompt: int, stops: list[str], parse_tools: bool,
+                        include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events for ``job`` (submitted with ``stream=tokens``): a role chunk per choice, content
+    deltas as tokens come, then each choice's end."""
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    loop = asyncio.get_running_loop()
 
     def event(choices: list[dict], usage: dict | None = None) -> str:
         return _sse(completion_chunk(completion_id, created, model_name, choices, include_usage=include_usage,
                                      usage=usage))
 
-    n = generation["n"]
     states = [_StreamedChoice(chat_format, stops, parse_tools) for _ in range(n)]
-    tokens: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(engine.generate(prompt, stream=tokens, **generation))
+    task = asyncio.ensure_future(engine.result(job))
+    getter: asyncio.Future | None = None
     try:
         for i in range(n):
             yield event([chunk_choice(i, {"role": "assistant", "content": ""})])
@@ -121,29 +174,28 @@ async def stream_events(engine: BatchingGenerator, chat_format, model_name: str,
             getter = asyncio.ensure_future(tokens.get())
             await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
-                getter.cancel()
                 break
-            choice, token = getter.result()
-            if delta := states[choice].push(token):
-                yield event([chunk_choice(choice, {"content": delta})])
-        while not tokens.empty():  # the engine hands every token over before the result
-            choice, token = tokens.get_nowait()
-            if delta := states[choice].push(token):
-                yield event([chunk_choice(choice, {"content": delta})])
+            arrived = [getter.result(), *_drain(tokens)]
+            for delta in await loop.run_in_executor(tokenizer_thread, _push, states, arrived):
+                yield event([delta])
+        # the engine hands every token over before the result
+        for delta in await loop.run_in_executor(tokenizer_thread, _push, states, _drain(tokens)):
+            yield event([delta])
         try:
             completions = task.result()
         except Exception as e:  # the headers are sent: the error goes in the stream, as OpenAI's does
             logger.exception("streamed chat completion failed")
             yield _sse(APIError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error").body())
             return
-        n_completion = 0
-        for i, comp in enumerate(completions):
-            whole, count = completion_choice(i, comp, chat_format, parse_tools, stops)
-            n_completion += count
-            for delta in states[i].finish(whole):
-                yield event([delta])
+        deltas, n_completion = await loop.run_in_executor(tokenizer_thread, _finish, states, completions,
+                                                          chat_format, parse_tools, stops)
+        for delta in deltas:
+            yield event([delta])
         if include_usage:
-            yield event([], usage=token_usage(len(prompt), n_completion))
+            yield event([], usage=token_usage(n_prompt, n_completion))
         yield "data: [DONE]\n\n"
     finally:
-        task.cancel()  # the client went away first: a request still waiting is dropped from the queue
+        if getter is not None:
+            getter.cancel()
+        task.cancel()
+        engine.cancel(job)  # the client went away first: its job stops (a settled job is left as it is)
