@@ -12,8 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from agentrft.cli import main
-from agentrft.evaluation import GradedRollout
-from agentrft.evaluation import variance_report
+from agentrft.evaluation import GradedRollout, variance_report
 from agentrft.types import Grade, Trajectory
 
 SUMMARY_KEYS = {"reward_mean", "accuracy", "tool_calls_per_rollout", "tool_error_rate", "tokens_mean", "wall_s"}
@@ -191,3 +190,31 @@ def test_mean_interval():
     lo, hi = mean_interval([2.0, 2.0, 5.0, 5.0])
     assert abs((lo + hi) / 2 - 3.5) < 1e-9 and abs((hi - lo) / 2 - 1.96 * (3**0.5) / 2) < 1e-9
     assert mean_interval([]) == (0.0, 0.0) and mean_interval([4.0]) == (4.0, 4.0)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--set", "model.x=1"], "model is a value (str), not a section"),
+    (["--set", "training.max_steps.foo=1"], "training.max_steps is a value (int), not a section"),
+    (["--set", "training.max_steps=[1"], "the value is not valid YAML"),
+    (["--set", "training.max_steps"], "--set expects KEY=VALUE"),
+    (["--set", "rollout.eval_temperature=0.5"], "rollout.eval_temperature: this key is now training.eval_temperature"),
+])
+def test_bad_overrides_are_one_line_errors_with_exit_code_2(args, says):
+    res = CliRunner().invoke(main, ["train", str(Path(__file__).parents[1] / "examples" / "finance_rft.yaml"), *args])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"method: rft\nmodel: \xff\xfe\n", "is not UTF-8 text"),
+    (b"method: rft\nmodel: [unclosed\n", "is not valid YAML"),
+    (b"- method: rft\n", "must be a mapping at the top level"),
+])
+def test_bad_config_files_are_one_line_errors_with_exit_code_2(tmp_path, content, says):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_bytes(content)
+    res = CliRunner().invoke(main, ["train", str(cfg)])
+    assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
+    assert len([line for line in res.output.splitlines() if line.strip()]) == 1

@@ -98,6 +98,11 @@ class DataConfig(_Section):
     """``pairs_from_run``: a group gives a pair only when its best and worst rewards differ by this much."""
     limit_train: int | None = None
     limit_eval: int | None = None
+    skip_invalid_rows: bool = False
+    """A task or demonstrations file with invalid rows (bad JSON, wrong roles, bad tool schemas, rows over
+    8 MiB) stops the job before anything loads, listing every one as ``file:line: reason``. ``true`` trains
+    on the valid rows instead; each skipped row is then logged and recorded in run.db (an ``invalid_rows``
+    event per file)."""
 
 
 class LoraConfig(_Section):
@@ -335,11 +340,17 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     if isinstance(source, (str, Path)):
         name = str(source)
         try:
-            raw = yaml.safe_load(Path(source).read_text())
+            raw = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {source}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config {source} is a directory; give the YAML file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config {source} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read config {source}: {e.strerror or e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config {source} is not valid YAML: {e}") from None
+            raise ConfigError(f"config {source} is not valid YAML: {_one_line(e)}") from None
     else:
         raw = dict(source)
     if not isinstance(raw, dict):
@@ -349,7 +360,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
     for old, new in MOVED_KEYS.items():
         section, key = old.split(".")
         if isinstance(raw.get(section), dict) and key in raw[section]:
-            raise ConfigError(f"invalid config {name}:\n  {old}: this key is now {new}")
+            raise ConfigError(f"invalid config {name}: {old}: this key is now {new}")
     try:
         return JobConfig.model_validate(raw).resolved()
     except ValidationError as e:
@@ -357,7 +368,31 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested mappings, creating sections; a key that runs through a value is an error."""
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    if not all(keys):
+        raise ConfigError(f"--set {dotted}: not a key path (sections and keys joined by dots, e.g. training.max_steps)")
+    for depth, k in enumerate(keys[:-1]):
         d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            where = ".".join(keys[: depth + 1])
+            raise ConfigError(f"--set {dotted}: {where} is a value ({type(d).__name__}), not a section with keys")
     d[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from the command line: the value parsed as YAML (``3``, ``true``, ``[a, b]``, ``text``)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+    key, text = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({_one_line(e)})") from None
+
+
+def _one_line(e: yaml.YAMLError) -> str:
+    """A YAML error as one line: the problem and where."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem

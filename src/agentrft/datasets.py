@@ -47,6 +47,10 @@ __all__ = [
 
 MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_ERRORS_LISTED = 50  # a DatasetError message lists at most this many rows (the count is always exact)
+MAX_ROW_BYTES = 8 * 2**20
+"""Longest line read as a row (8 MiB). A longer one is rejected without being held in memory whole: it is
+read in bounded pieces up to its end and reported as too large."""
+_READ_CHUNK = 2**20
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,22 @@ def _short(value: Any, limit: int = 60) -> str:
 # -- reading -----------------------------------------------------------------------------
 
 
+def _bounded_lines(handle) -> Iterator[bytes | None]:
+    """The file's lines, each at most :data:`MAX_ROW_BYTES`; ``None`` for a longer one (skipped to its end)."""
+    while True:
+        raw = handle.readline(MAX_ROW_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_ROW_BYTES and not raw.endswith(b"\n"):
+            while True:  # the rest of the oversized line, a bounded piece at a time
+                rest = handle.readline(_READ_CHUNK)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield None
+        else:
+            yield raw
+
+
 def _parsed_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """``(line number, parsed value, error)`` for each non-blank line; ``error`` set when it is not JSON."""
     try:
@@ -196,7 +216,10 @@ def _parsed_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     except OSError as e:
         raise DatasetError(f"{path}: cannot open dataset file: {e.strerror or e}") from e
     with handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_bounded_lines(handle), start=1):
+            if raw is None:
+                yield number, None, f"row larger than {MAX_ROW_BYTES // 2**20} MiB (the limit of one row)"
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import click
@@ -15,27 +16,27 @@ from agentrft.errors import AgentRFTError
 @click.command("train")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--resume", is_flag=True, help="Continue the run in out_dir from its latest valid checkpoint.")
+@click.option("--rebuild-store", is_flag=True,
+              help="With --resume: if run.db is damaged, keep it aside and continue from the checkpoints with a new "
+                   "store (the history it held is lost).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Override out_dir.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set training.max_steps=3 (value parsed as YAML).")
-def train_cmd(config: str, resume: bool, out_dir: str | None, overrides: tuple[str, ...]) -> None:
+def train_cmd(config: str, resume: bool, rebuild_store: bool, out_dir: str | None,
+              overrides: tuple[str, ...]) -> None:
     """Train with CONFIG.yaml (method: sft | dpo | rft)."""
-    import yaml
-
-    from agentrft.config import load_config
-    from agentrft.train.runner import run_job
+    from agentrft.config import load_config, parse_override
+    from agentrft.train.runner import RunInterrupted, run_job
 
     try:
-        ov = {}
-        for item in overrides:
-            if "=" not in item:
-                raise AgentRFTError(f"--set expects KEY=VALUE, got {item!r}")
-            key, value = item.split("=", 1)
-            ov[key] = yaml.safe_load(value)
+        ov = dict(parse_override(item) for item in overrides)
         if out_dir:
             ov["out_dir"] = out_dir
         cfg = load_config(config, ov)
-        result = run_job(cfg, resume=resume, log=click.echo)
+        result = run_job(cfg, resume=resume, log=click.echo, rebuild_store=rebuild_store)
+    except RunInterrupted as e:
+        click.secho(f"run {e}", fg="yellow", err=True)
+        sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
     except AgentRFTError as e:
         fail(e)
     if result.final_eval:

@@ -156,6 +156,9 @@ def save_checkpoint(
             torch.save(_rng_state(), tmp / RNG)
             (tmp / TRAINER_STATE).write_text(state_text)
             _write_manifest(tmp, step)  # last: its presence means every other file is complete
+        except Exception as e:  # a full disk: OSError, torch.save's "unexpected pos ...", safetensors' SafetensorError
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(_write_failure(root, step, e)) from e
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -176,6 +179,21 @@ def save_checkpoint(
         _point_latest(root, name)
         _apply_retention(root, final, keep_best_k, higher_is_better)
     return final
+
+
+def _write_failure(root: Path, step: int, error: BaseException) -> str:
+    """Why the checkpoint of ``step`` could not be written, saying "disk full" when that is what it was."""
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = None
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < 64 * 2**20)
+    why = (f"the disk is full ({free / 2**20:.1f} MiB free on the file system of {root})" if full and free is not None
+           else f"{type(error).__name__}: {error}")
+    latest = root / LATEST
+    kept = f"the checkpoint {latest.read_text().strip()} is intact" if latest.exists() else "no earlier checkpoint exists"
+    return (f"could not write the checkpoint of step {step} to {root}: {why}. Nothing partial was kept and {kept}; "
+            "free space (or move out_dir) and run again with --resume")
 
 
 def _is_peft(model: torch.nn.Module) -> bool:
@@ -318,6 +336,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def checkpoint_steps(run_dir: str | os.PathLike[str]) -> list[int]:
+    """The steps of the committed checkpoint folders of a run, oldest first (not verified)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    return sorted(step for step, _ in _step_dirs(root)) if root.is_dir() else []
 
 
 def _step_dirs(root: Path) -> list[tuple[int, Path]]:

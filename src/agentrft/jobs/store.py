@@ -118,6 +118,10 @@ class StoreError(AgentRFTError):
     """The run store cannot be used as asked (schema too new, no run row, ...)."""
 
 
+class StoreDamagedError(StoreError):
+    """``run.db`` cannot be read as a run's record (not a database, malformed, emptied); it was left as it is."""
+
+
 # -- hashing helpers -------------------------------------------------------------
 
 
@@ -156,10 +160,14 @@ class RunStore:
         with self._lock:
             # executescript runs its own statements, so the transaction is spelled out in the
             # script: two processes opening a fresh run_dir at once still create it once.
-            self._conn().executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}"
-                f"INSERT INTO schema_version (version) SELECT {SCHEMA_VERSION}"
-                " WHERE NOT EXISTS (SELECT 1 FROM schema_version);COMMIT;")
+            try:
+                self._conn().executescript(
+                    f"BEGIN IMMEDIATE;{_SCHEMA}"
+                    f"INSERT INTO schema_version (version) SELECT {SCHEMA_VERSION}"
+                    " WHERE NOT EXISTS (SELECT 1 FROM schema_version);COMMIT;")
+            except sqlite3.DatabaseError as e:  # not a database, or a malformed one: never written over
+                self.close()
+                raise StoreDamagedError(f"{self.db_path} is not a readable run store ({e})") from None
             version = self.schema_version
             if version == 1:
                 self._migrate_v1()

@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from agentrft.config import JobConfig
+from agentrft.jobs.lock import RunDirectoryLock
 from agentrft.jobs.store import RunStore
 from agentrft.models.policy import Policy
 from agentrft.rollout.sampler import Sampler
@@ -43,6 +44,8 @@ class TrainContext:
     eval_rows: list[TaskRow] = field(default_factory=list)
     total_steps: int = 0
     run_dir: Path = Path(".")
+    lock: RunDirectoryLock | None = None
+    """This process's hold on ``run_dir`` (:mod:`agentrft.jobs.lock`), released when the job ends."""
 
 
 @dataclass

@@ -23,9 +23,12 @@ What makes it operable:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,8 @@ from agentrft.envs.registry import get_env
 from agentrft.errors import AgentRFTError, ConfigError
 from agentrft.evaluation import EVAL_BATCH_SIZE, evaluate_rows, summarize
 from agentrft.jobs.checkpoint import load_latest_checkpoint, restore_checkpoint, save_checkpoint
+from agentrft.jobs.lock import RunDirectoryLock
+from agentrft.jobs.recovery import open_store_for_resume
 from agentrft.jobs.store import DB_NAME, RunStore, hash_file, hash_json
 from agentrft.models.policy import Policy, build_policy
 from agentrft.rollout.hf_sampler import HFSampler
@@ -50,6 +55,36 @@ from agentrft.types import TaskRow
 
 class TrainingStopped(AgentRFTError):
     """The run stopped on purpose (too many bad steps, grader error budget, ...)."""
+
+
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT arrived: the run stopped (status ``stopped``), its last checkpoint intact.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: the places that turn a failure into data on a trajectory
+    (``except Exception`` around a sampler call, a tool, a grader) must not swallow it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGINT raise :class:`RunInterrupted` in the training loop (main thread only), so the run
+    records why it ended instead of dying as ``running``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise RunInterrupted(signal.Signals(signum).name, signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _methods() -> dict[Method, TrainingMethod]:
@@ -86,6 +121,29 @@ def load_rows(env: EnvSpec, split: str, file: str | None, limit: int | None) -> 
             raise ConfigError(f"environment {env.name!r} has no split {split!r}; splits: {', '.join(env.splits)}")
         rows = env.load_split(split)
     return rows[:limit] if limit else rows
+
+
+def check_data_files(cfg: JobConfig) -> dict[str, list]:
+    """Validate every JSONL file the job reads as rows (``data.train_file``, ``eval_file``,
+    ``demonstrations_file``). Any invalid row stops the job with all of them listed, unless
+    ``data.skip_invalid_rows``; then returns ``{file: [RowError, ...]}`` of the rows that will be skipped."""
+    from agentrft.datasets import MAX_ERRORS_LISTED, load_jsonl_dataset
+
+    found: dict[str, list] = {}
+    for key in ("train_file", "eval_file", "demonstrations_file"):
+        path = getattr(cfg.data, key)
+        if path and path not in found:
+            errors = load_jsonl_dataset(path).errors  # a file with no valid row at all raises here
+            if errors:
+                found[path] = errors
+    if found and not cfg.data.skip_invalid_rows:
+        lines = [f"  {e}" for errors in found.values() for e in errors]
+        more = len(lines) - MAX_ERRORS_LISTED
+        raise ConfigError("\n".join([f"{sum(map(len, found.values()))} invalid row(s) in "
+                                      f"{', '.join(found)}; fix them, or set data.skip_invalid_rows: true to "
+                                      "train on the valid rows:", *lines[:MAX_ERRORS_LISTED]]
+                                     + ([f"  ... and {more} more"] if more > 0 else [])))
+    return found
 
 
 def eval_policy(ctx: TrainContext, step: int) -> dict:
@@ -138,13 +196,44 @@ def _reward(cfg: JobConfig, env: EnvSpec, grade: GradeFn | None) -> GradeFn:
 
 
 def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, grade: GradeFn | None = None,
-          log: Callable[[str], None] = print) -> tuple[TrainContext, TrainerState]:
+          log: Callable[[str], None] = print, rebuild_store: bool = False) -> tuple[TrainContext, TrainerState]:
     """Build the run: its directory and store, the policy, the data, the optimizer and, with ``resume``, the
-    state of the latest valid checkpoint. Returns a complete context and the state to continue from."""
+    state of the latest valid checkpoint. Returns a complete context and the state to continue from.
+
+    A resume checks the store first (:mod:`agentrft.jobs.recovery`): a damaged ``run.db`` stops it, naming
+    the file, unless ``rebuild_store``."""
     run_dir = Path(cfg.out_dir or f"runs/{cfg.method.value}-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / DB_NAME).exists() and not resume:
         raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another out_dir")
-    store = RunStore(run_dir)
+    if rebuild_store and not resume:
+        raise ConfigError("--rebuild-store recovers a run's damaged store to resume it; it needs --resume")
+    invalid = check_data_files(cfg)  # before the run directory exists: a refused job leaves nothing behind
+    lock = RunDirectoryLock(run_dir).acquire()  # released by run_job; a second job here is refused
+    try:
+        return _setup_locked(cfg, run_dir, lock, invalid, resume=resume, model=model, tokenizer=tokenizer,
+                             grade=grade, log=log, rebuild_store=rebuild_store)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, invalid: dict[str, list], *, resume: bool,
+                  model, tokenizer, grade: GradeFn | None, log: Callable[[str], None],
+                  rebuild_store: bool) -> tuple[TrainContext, TrainerState]:
+    if (run_dir / DB_NAME).exists() and not resume:  # again, now that no other job can be creating it
+        raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it")
+    rebuilt = None
+    if resume:
+        store, rebuilt = open_store_for_resume(run_dir, rebuild=rebuild_store)
+    else:
+        store = RunStore(run_dir)
+    if rebuilt:
+        log(f"resume: {rebuilt}")
+    for path, errors in invalid.items():
+        for err in errors:
+            log(f"skipped {err}")
+        store.log_event("invalid_rows", f"{path}: {len(errors)} invalid row(s) skipped (data.skip_invalid_rows)",
+                        {"file": path, "count": len(errors), "rows": [str(e) for e in errors]})
     cfg = _pin_cpu_matmul(cfg, store)
     seed_everything(cfg.seed)
 
@@ -164,7 +253,8 @@ def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, g
     total = cfg.training.max_steps or steps_per_epoch(len(items), cfg.training.batch_size) * cfg.training.n_epochs
     optimizer, scheduler = build_optimizer(cfg, policy, total)
     sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id, cpu_matmul=cfg.training.cpu_matmul)
-    ctx = TrainContext(cfg, policy, env, reward, optimizer, scheduler, sampler, store, items, eval_rows, total, run_dir)
+    ctx = TrainContext(cfg, policy, env, reward, optimizer, scheduler, sampler, store, items, eval_rows, total, run_dir,
+                       lock)
 
     state = TrainerState()
     if resume:
@@ -180,6 +270,8 @@ def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, g
     if store.get_run() is None:
         store.create_run(run_id=run_dir.name, method=cfg.method.value, resolved_config=cfg.model_dump(mode="json"),
                          hashes=_hashes(cfg, env, train_rows, reward), created_at=time.time())
+    if rebuilt:
+        store.log_event("store_rebuilt", rebuilt, step=state.step)
     store.set_status("running")
     rt = _runtime(cfg)
     store.log_event("runtime", f"torch {rt['torch']}, {rt['threads']} threads, {rt['allocator']} allocator, "
@@ -188,15 +280,28 @@ def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, g
 
 
 def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
-            grade: GradeFn | None = None, log: Callable[[str], None] = print) -> RunResult:
+            grade: GradeFn | None = None, log: Callable[[str], None] = print, rebuild_store: bool = False) -> RunResult:
     """Run a training job to completion (or early stop); returns where it lives and its final eval.
 
     ``grade`` (a ``(trajectory, row) -> Grade`` function) overrides the reward
-    for Python callers; from YAML, use the ``grader`` spec.
+    for Python callers; from YAML, use the ``grader`` spec. ``rebuild_store`` (with ``resume``) recovers a
+    damaged ``run.db`` from the checkpoints (:mod:`agentrft.jobs.recovery`).
     """
+    ctx, state = setup(cfg, resume=resume, model=model, tokenizer=tokenizer, grade=grade, log=log,
+                       rebuild_store=rebuild_store)
+    try:
+        with _stop_on_signals():
+            last_eval, stopped_early = _train(ctx, state, log)
+    finally:
+        ctx.lock.release()
+    return RunResult(ctx.run_dir, state.step, last_eval, state.best_eval_reward, stopped_early, ctx.policy)
+
+
+def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -> tuple[dict, bool]:
+    """The loop from ``state`` to the last step; records how the run ended. Returns (final eval, stopped early)."""
     from tqdm import tqdm
 
-    ctx, state = setup(cfg, resume=resume, model=model, tokenizer=tokenizer, grade=grade, log=log)
+    cfg = ctx.cfg
     method = _methods()[cfg.method]
     last_eval: dict | None = None
     stopped_early = False
@@ -217,6 +322,14 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
             if _plateaued(ctx, state):
                 stopped_early = True
                 break
+        if last_eval is None:
+            last_eval = eval_policy(ctx, state.step) if ctx.eval_rows else {}
+    except RunInterrupted as e:
+        latest = load_latest_checkpoint(ctx.run_dir, verify_hashes=False)
+        kept = f"the checkpoint of step {latest.step} is intact" if latest else "no checkpoint was written yet"
+        message = f"stopped by {e} during step {state.step + 1}; {kept}: continue with --resume"
+        ctx.store.set_status("stopped", message)
+        raise RunInterrupted(message, e.signum) from None
     except AgentRFTError as e:  # stopped on purpose: bad steps, grader error budget, ...
         ctx.store.set_status("failed", str(e))
         raise
@@ -225,10 +338,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
         raise
     finally:
         bar.close()
-    if last_eval is None:
-        last_eval = eval_policy(ctx, state.step) if ctx.eval_rows else {}
     ctx.store.set_status("completed")
-    return RunResult(ctx.run_dir, state.step, last_eval, state.best_eval_reward, stopped_early, ctx.policy)
+    return last_eval, stopped_early
 
 
 def _record_step(ctx: TrainContext, state: TrainerState, step: int, metrics: dict[str, Any]) -> None:
