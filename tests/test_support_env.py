@@ -21,6 +21,7 @@ from agentrft.envs.support import (
     play,
 )
 from agentrft.envs.support.database import template_path
+from agentrft.envs.support.env import SqlLimits
 from agentrft.tools.base import ToolFailure
 from agentrft.types import StopReason, ToolCall, ToolErrorKind, Trajectory
 
@@ -49,7 +50,7 @@ def row_of(scenario: str, split: str = "validation") -> dict:
 
 @pytest.fixture()
 def env():
-    e = SupportEnv(query_time_limit_s=0.2, max_rows=10)
+    e = SupportEnv(sql_limits=SqlLimits(time_limit_s=0.2, max_rows=10))
     e.setup(row_of("lost"))
     yield e
     e.close()
@@ -180,8 +181,8 @@ def test_sql_query_time_limit_aborts_a_huge_cross_join(env):
     start = time.monotonic()
     with pytest.raises(ToolFailure) as e:
         env.sql_query("SELECT count(*) FROM orders a, orders b, orders c, orders d")  # 5e8 rows
-    assert time.monotonic() - start < 2.0
-    assert e.value.kind == ToolErrorKind.TOOL_ERROR and "0.2s limit" in e.value.message
+    assert time.monotonic() - start < 0.2 + 0.5
+    assert e.value.kind == ToolErrorKind.TIMEOUT and "0.2s limit" in e.value.message
     assert '"rows": [[150]]' in env.sql_query("SELECT count(*) FROM orders")  # the handler was reset
 
 

@@ -12,10 +12,18 @@ from one grader are spaced to at most ``rate_limit_per_s`` per second
 this grader type, so every failure -- transport, HTTP status, malformed
 answer -- is ``other_error`` with the reason in the message. ``${NAME}`` in a
 header value is replaced from the environment at call time.
+
+Bounds (:mod:`agentrft.tools.http_limits`): ``timeout`` is a total deadline
+for each attempt -- connect, headers and the whole body -- and the answer is
+read up to :data:`MAX_REPLY_BYTES`; a longer answer is not read further and
+is ``other_error`` at once (no retry: the service would send it again). The
+exchange runs on an async client awaited from the grading thread, because
+only cancellation stops a blocked read at the deadline.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -27,9 +35,12 @@ import httpx
 
 from agentrft.graders.base import OTHER_ERROR, Grader, GradingFailure
 from agentrft.graders.spec import EndpointSpec
+from agentrft.tools.http_limits import LimitedAsyncClient, read_capped, run_blocking_http
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_REPLY_BYTES = 1_000_000
+"""Longest answer read from a grading service (``{"score": ...}`` needs a few bytes)."""
 
 
 class RateLimiter:
@@ -58,11 +69,13 @@ def expand_env(value: str) -> str:
 class EndpointGrader(Grader):
     spec: EndpointSpec
 
-    def __init__(self, spec: EndpointSpec, transport: httpx.BaseTransport | None = None):
+    def __init__(self, spec: EndpointSpec, transport: httpx.AsyncBaseTransport | None = None):
         super().__init__(spec)
         self.reward_range = tuple(spec.range) if spec.range else None  # type: ignore[assignment]
         self.limiter = RateLimiter(spec.rate_limit_per_s)
-        self._client = httpx.Client(timeout=spec.timeout, transport=transport)
+        self._client = LimitedAsyncClient(  # used on the HTTP loop only
+            max_reply_bytes=MAX_REPLY_BYTES, timeout=spec.timeout, transport=transport
+        )
 
     def score(self, sample: dict[str, Any], item: dict[str, Any]) -> float:
         body = {"sample": sample, "item": item, "trace_id": sample.get("trace_id") or uuid.uuid4().hex}
@@ -73,27 +86,38 @@ class EndpointGrader(Grader):
                 time.sleep(self.spec.backoff_s * 2 ** (attempt - 1))
             self.limiter.wait()
             try:
-                response = self._client.post(self.spec.url, json=body, headers=headers)
+                status, answer, complete = run_blocking_http(self._post(body, headers))
             except httpx.TimeoutException as e:
-                last = f"timed out after {self.spec.timeout}s ({type(e).__name__})"
+                last = f"timed out after {self.spec.timeout}s ({type(e).__name__}: {e})"
                 continue
             except httpx.TransportError as e:
                 last = f"transport error: {type(e).__name__}: {e}"
                 continue
-            if response.status_code in RETRY_STATUSES:
-                last = f"HTTP {response.status_code}: {response.text[:200]}"
+            text = answer.decode("utf-8", "replace")
+            if not complete:
+                raise GradingFailure(
+                    OTHER_ERROR,
+                    f"endpoint answer is longer than {MAX_REPLY_BYTES} bytes (HTTP {status}): {text[:200]!r}",
+                )
+            if status in RETRY_STATUSES:
+                last = f"HTTP {status}: {text[:200]}"
                 continue
-            if response.status_code >= 400:
-                raise GradingFailure(OTHER_ERROR, f"HTTP {response.status_code}: {response.text[:200]}")
-            return _read_score(response)
+            if status >= 400:
+                raise GradingFailure(OTHER_ERROR, f"HTTP {status}: {text[:200]}")
+            return _read_score(answer, text)
         raise GradingFailure(OTHER_ERROR, f"endpoint failed after {self.spec.max_retries + 1} attempt(s): {last}")
 
+    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes, bool]:
+        async with self._client.stream("POST", self.spec.url, json=body, headers=headers) as response:
+            answer, complete = await read_capped(response, MAX_REPLY_BYTES)
+        return response.status_code, answer, complete
 
-def _read_score(response: httpx.Response) -> float:
+
+def _read_score(answer: bytes, text: str) -> float:
     try:
-        data = response.json()
+        data = json.loads(answer)
     except ValueError:
-        raise GradingFailure(OTHER_ERROR, f"endpoint answered non-JSON: {response.text[:200]!r}") from None
+        raise GradingFailure(OTHER_ERROR, f"endpoint answered non-JSON: {text[:200]!r}") from None
     if not isinstance(data, dict) or "score" not in data:
         raise GradingFailure(OTHER_ERROR, f'endpoint answer has no "score": {str(data)[:200]}')
     score = data["score"]

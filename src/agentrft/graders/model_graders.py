@@ -26,6 +26,15 @@ waiting to happen: a score is a JSON number, a JSON object's
 ``result``/``score``, or a bare number; a label must be one of ``labels``.
 Anything else flags ``model_grader_parse_error``; a transport or HTTP failure
 flags ``model_grader_server_error``. Scores outside ``range`` are clamped.
+
+Bounds: the SDK's HTTP client is a
+:class:`~agentrft.tools.http_limits.LimitedAsyncClient`, so ``timeout_s`` is a
+total deadline for each request (connect, headers and the whole reply) and a
+reply longer than ``max_reply_bytes`` is not read further; either one is a
+``model_grader_server_error`` for that sample (after the SDK's own retries,
+``max_retries``). The SDK's async client is awaited from the grading thread
+(:func:`~agentrft.tools.http_limits.run_blocking_http`), because only
+cancellation stops a blocked read at the deadline.
 """
 
 from __future__ import annotations
@@ -34,12 +43,14 @@ import json
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agentrft.graders.base import MODEL_GRADER_PARSE_ERROR, MODEL_GRADER_SERVER_ERROR, Grader, GradingFailure
 from agentrft.graders.spec import JudgeMessage, LabelModelSpec, SamplingParamsSpec, ScoreModelSpec
 from agentrft.graders.templates import render
+from agentrft.tools.http_limits import LimitedAsyncClient, run_blocking_http
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,9 @@ class JudgeConfig:
     base_url: str | None = None  # default: OPENAI_BASE_URL, else OpenAI's API
     api_key: str | None = None  # default: OPENAI_API_KEY, else "EMPTY" (local servers accept any key)
     model: str | None = None  # overrides the spec's model when set
-    timeout_s: float = 60.0
-    max_retries: int = 2  # the SDK's own retries (connection errors, 408/409/429/5xx)
+    timeout_s: float = 60.0  # total deadline of each request: connect, headers and the whole reply
+    max_retries: int = 2  # the SDK's own retries (connection errors, timeouts, 408/409/429/5xx)
+    max_reply_bytes: int = 1_000_000  # a longer reply is not read further: a server error
     format_instructions: bool = True  # append the output-format system message
 
     @classmethod
@@ -78,29 +90,34 @@ class OpenAIChatJudge:
     def __init__(self, config: JudgeConfig | None = None):
         self.config = JudgeConfig.from_env() if config is None else config
         self._client = None
+        self._client_lock = threading.Lock()
 
     @property
     def client(self):
-        if self._client is None:
-            import openai
+        """The SDK's ``AsyncOpenAI`` client (used on the HTTP loop only)."""
+        with self._client_lock:
+            if self._client is None:
+                import openai
 
-            self._client = openai.OpenAI(
-                base_url=self.config.base_url or os.environ.get("OPENAI_BASE_URL"),
-                api_key=self.config.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
-                timeout=self.config.timeout_s,
-                max_retries=self.config.max_retries,
-            )
-        return self._client
+                self._client = openai.AsyncOpenAI(
+                    base_url=self.config.base_url or os.environ.get("OPENAI_BASE_URL"),
+                    api_key=self.config.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+                    timeout=self.config.timeout_s,
+                    max_retries=self.config.max_retries,
+                    http_client=LimitedAsyncClient(max_reply_bytes=self.config.max_reply_bytes,
+                                                   timeout=self.config.timeout_s),
+                )
+            return self._client
 
     def complete(self, messages: list[dict[str, str]], model: str, params: dict[str, Any]) -> str:
         import openai
 
+        request = self.client.chat.completions.create(model=self.config.model or model, messages=messages, **params)
         try:
-            response = self.client.chat.completions.create(
-                model=self.config.model or model, messages=messages, **params
-            )
+            response = run_blocking_http(request)
         except openai.APIError as e:
-            raise JudgeServerError(f"{type(e).__name__}: {e}") from None
+            cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ is not None else ""
+            raise JudgeServerError(f"{type(e).__name__}: {e}{cause}") from None
         if not response.choices:
             raise JudgeServerError("the judge returned no choices")
         message = response.choices[0].message

@@ -31,6 +31,17 @@ Failure policy (a bad rollout is data, never a crash; see ``docs/architecture.md
 * Outputs over ``max_output_bytes`` (1 MB) are cut, ending with
   ``[truncated: N bytes omitted]``.
 
+Bounds (:mod:`agentrft.tools.http_limits`): ``timeout_s`` is a total deadline
+for each request -- connect, headers and the whole body -- so a server that
+trickles its reply or stalls after the headers cannot hold a call past it
+(the attempt times out and is retried like a 5xx). The reply is streamed and
+read up to :func:`reply_limit` bytes (``3 * max_output_bytes + 64 KiB``: room
+for a ``max_output_bytes`` output of non-ASCII text sent as ``\\uXXXX``
+escapes); nothing past that is read. The ``output`` string is recovered from
+what was read, cut to ``max_output_bytes`` and ends with ``[truncated: the
+reply was over N bytes; the rest was not read]``; a prefix with no
+``output`` string in it is a malformed reply.
+
 One :class:`EndpointClient` per ``server_url`` holds a pooled
 ``httpx.AsyncClient``, a concurrency limit (semaphore) and a rate limit
 (token bucket), shared by every rollout, plus call statistics. The client is
@@ -61,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agentrft.errors import ConfigError, ToolDefinitionError
 from agentrft.tools.base import Tool, ToolContext, ToolFailure, background_loop
+from agentrft.tools.http_limits import MAX_REPLY_BYTES_EXTENSION, LimitedAsyncClient, read_capped
 from agentrft.types import TaskRow, ToolErrorKind
 
 T = TypeVar("T")
@@ -79,6 +91,7 @@ __all__ = [
     "function_schema_name",
     "normalize_function_schema",
     "on_background_loop",
+    "reply_limit",
     "truncate_output",
 ]
 
@@ -96,14 +109,15 @@ class EndpointToolConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     """Extra request headers (e.g. ``Authorization``). ``${VAR}`` is replaced by the environment variable."""
     timeout_s: float = Field(30.0, gt=0)
-    """Per-request timeout (connect + read); a timeout is retried like a 5xx."""
+    """Total deadline of each request (connect, headers and the whole body); a timeout is retried like a 5xx."""
     max_retries: int = Field(3, ge=0)
     """Retries after the first attempt for 5xx / 408 / 429 / connection errors / timeouts."""
     backoff_base_s: float = Field(0.5, ge=0)
     """Backoff before retry k (k = 0, 1, ...) is drawn from [d/2, d] with d = min(backoff_max_s, base * 2**k)."""
     backoff_max_s: float = Field(8.0, ge=0)
     max_output_bytes: int = Field(MAX_OUTPUT_BYTES, ge=1)
-    """Outputs longer than this (UTF-8 bytes) are truncated with a marker."""
+    """Outputs longer than this (UTF-8 bytes) are truncated with a marker; replies are read up to
+    ``reply_limit(max_output_bytes)`` bytes."""
     max_concurrency: int = Field(32, ge=1)
     """Per endpoint (server_url): requests in flight at once. Tools sharing a URL must agree."""
     rate_limit_per_s: float | None = Field(None, gt=0)
@@ -145,6 +159,16 @@ async def on_background_loop(coro: Awaitable[T]) -> T:
     if asyncio.get_running_loop() is loop:
         return await coro
     return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))  # type: ignore[arg-type]
+
+
+def reply_limit(max_output_bytes: int = MAX_OUTPUT_BYTES) -> int:
+    """Bytes of a reply read at most: room for ``max_output_bytes`` of output sent as ``\\uXXXX`` escapes.
+
+    A non-ASCII character is 2 to 4 UTF-8 bytes and at most 12 escaped, so 3x
+    holds; only an output of ASCII control characters (1 byte, 6 escaped) is
+    cut shorter than ``max_output_bytes``.
+    """
+    return 3 * max_output_bytes + 65_536
 
 
 def truncate_output(text: str, max_bytes: int = MAX_OUTPUT_BYTES) -> str:
@@ -265,7 +289,7 @@ class EndpointClient:
         # semaphore and lock are bound to it for the life of the client.
         if self._http is None:
             limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
-            self._http = httpx.AsyncClient(limits=limits, transport=self._transport)
+            self._http = LimitedAsyncClient(limits=limits, transport=self._transport)
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
             if self.rate_limit_per_s:
                 self._bucket = _TokenBucket(self.rate_limit_per_s)
@@ -280,14 +304,19 @@ class EndpointClient:
         max_retries: int = 3,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 8.0,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> dict[str, Any]:
         """POST one wire-format request; return the decoded ``function_call_output``.
 
+        Each attempt ends within ``timeout_s``. A reply over :func:`reply_limit`
+        bytes is not read further: its ``output`` is what was read, cut to
+        ``max_output_bytes`` and ending with a truncation marker.
         Raises :class:`ToolFailure` (``TOOL_ERROR`` for 4xx, ``INFRASTRUCTURE``
         once retries are spent or the reply is malformed).
         """
         return await on_background_loop(
-            self._call(payload, dict(headers or {}), timeout_s, max_retries, backoff_base_s, backoff_max_s)
+            self._call(payload, dict(headers or {}), timeout_s, max_retries, backoff_base_s, backoff_max_s,
+                       max_output_bytes)
         )
 
     async def _call(
@@ -298,6 +327,7 @@ class EndpointClient:
         max_retries: int,
         backoff_base_s: float,
         backoff_max_s: float,
+        max_output_bytes: int,
     ) -> dict[str, Any]:
         self._ensure_started()
         stats = self.stats
@@ -311,7 +341,7 @@ class EndpointClient:
                     delay = min(backoff_max_s, backoff_base_s * 2 ** (attempt - 1))
                     await asyncio.sleep(random.uniform(delay / 2, delay))
                 try:
-                    return await self._attempt(payload, headers, timeout_s)
+                    return await self._attempt(payload, headers, timeout_s, max_output_bytes)
                 except _Retryable as e:
                     last_problem = str(e)
             raise ToolFailure(
@@ -329,8 +359,11 @@ class EndpointClient:
             stats.latency_total_s += dt
             stats.latencies_s.append(dt)
 
-    async def _attempt(self, payload: dict[str, Any], headers: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    async def _attempt(
+        self, payload: dict[str, Any], headers: dict[str, str], timeout_s: float, max_output_bytes: int
+    ) -> dict[str, Any]:
         assert self._http is not None and self._semaphore is not None
+        cap = reply_limit(max_output_bytes)
         async with self._semaphore:
             if self._bucket is not None:
                 await self._bucket.acquire()
@@ -338,43 +371,70 @@ class EndpointClient:
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
             try:
-                resp = await self._http.post(self.server_url, json=payload, headers=headers, timeout=timeout_s)
+                async with self._http.stream(
+                    "POST", self.server_url, json=payload, headers=headers, timeout=timeout_s,
+                    extensions={MAX_REPLY_BYTES_EXTENSION: cap},
+                ) as resp:
+                    body, complete = await read_capped(resp, cap)
             except httpx.TimeoutException as e:
-                raise _Retryable(f"timed out after {timeout_s:g}s ({type(e).__name__})") from e
+                raise _Retryable(f"timed out after {timeout_s:g}s ({type(e).__name__}: {e})") from e
             except httpx.TransportError as e:
                 raise _Retryable(f"{type(e).__name__}: {e}") from e
             finally:
                 self.stats.in_flight -= 1
         status = resp.status_code
         if status >= 500 or status in RETRYABLE_4XX:
-            raise _Retryable(f"HTTP {status}: {_short(resp.text)}")
+            raise _Retryable(f"HTTP {status}: {_short(body)}")
         if status >= 400:
-            raise ToolFailure(ToolErrorKind.TOOL_ERROR, truncate_output(resp.text) or f"HTTP {status} {resp.reason_phrase}")
-        return self._decode(resp, payload)
+            text = body[: max_output_bytes + 4].decode(resp.encoding or "utf-8", errors="replace")
+            raise ToolFailure(ToolErrorKind.TOOL_ERROR, truncate_output(text, max_output_bytes) or
+                              f"HTTP {status} {resp.reason_phrase}")
+        if not complete:
+            return self._decode_prefix(body, status, payload, cap, max_output_bytes)
+        return self._decode(body, status, payload)
 
-    def _decode(self, resp: httpx.Response, payload: dict[str, Any]) -> dict[str, Any]:
-        def malformed(problem: str) -> ToolFailure:
-            return ToolFailure(
-                ToolErrorKind.INFRASTRUCTURE,
-                f"tool endpoint {self.server_url} sent a malformed reply (HTTP {resp.status_code}): {problem}; "
-                f'expected {{"type": "function_call_output", "call_id": ..., "output": "<string>"}}',
-            )
+    def _malformed(self, status: int, problem: str) -> ToolFailure:
+        return ToolFailure(
+            ToolErrorKind.INFRASTRUCTURE,
+            f"tool endpoint {self.server_url} sent a malformed reply (HTTP {status}): {problem}; "
+            f'expected {{"type": "function_call_output", "call_id": ..., "output": "<string>"}}',
+        )
 
+    def _decode(self, raw: bytes, status: int, payload: dict[str, Any]) -> dict[str, Any]:
         try:
-            body = resp.json()
+            body = json.loads(raw)
         except ValueError:
-            raise malformed(f"not JSON: {_short(resp.text)!r}") from None
+            raise self._malformed(status, f"not JSON: {_short(raw)!r}") from None
         if not isinstance(body, dict):
-            raise malformed(f"a JSON {type(body).__name__}, not an object")
+            raise self._malformed(status, f"a JSON {type(body).__name__}, not an object")
         if body.get("type") != "function_call_output":
-            raise malformed(f"type is {body.get('type')!r}")
+            raise self._malformed(status, f"type is {body.get('type')!r}")
         if "output" not in body:
-            raise malformed("no 'output' field")
+            raise self._malformed(status, "no 'output' field")
         if not isinstance(body["output"], str):
-            raise malformed(f"'output' is a {type(body['output']).__name__}, not a string")
+            raise self._malformed(status, f"'output' is a {type(body['output']).__name__}, not a string")
         if body.get("call_id") not in (None, payload["call_id"]):
-            raise malformed(f"call_id {body['call_id']!r} does not match the request's {payload['call_id']!r}")
+            raise self._malformed(
+                status, f"call_id {body['call_id']!r} does not match the request's {payload['call_id']!r}"
+            )
         return body
+
+    def _decode_prefix(
+        self, raw: bytes, status: int, payload: dict[str, Any], cap: int, max_output_bytes: int
+    ) -> dict[str, Any]:
+        """The reply of a body cut at ``cap`` bytes: its ``output`` as far as it was read, marked as cut."""
+        start = re.match(rb'\s*\{.*?"output"\s*:\s*"', raw, re.S)
+        if start is None:
+            raise self._malformed(status, f"over {cap} bytes and no 'output' string in them: {_short(raw)!r}")
+        kind = re.search(rb'"type"\s*:\s*"([^"\\]*)"', start.group())
+        if kind is not None and kind.group(1) != b"function_call_output":
+            raise self._malformed(status, f"type is {kind.group(1).decode('utf-8', 'replace')!r}")
+        escaped = _JSON_STRING_BODY.match(raw, start.end()).group()  # the string as far as it was read
+        output = json.loads(b'"' + escaped.decode("utf-8", "ignore").encode() + b'"')
+        marker = f"\n[truncated: the reply was over {cap} bytes; the rest was not read]"
+        kept = output[:max_output_bytes].encode("utf-8", "surrogatepass")[: max(0, max_output_bytes - len(marker))]
+        return {"type": "function_call_output", "call_id": payload["call_id"],
+                "output": kept.decode("utf-8", "ignore") + marker}
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -382,7 +442,12 @@ class EndpointClient:
             await on_background_loop(http.aclose())
 
 
-def _short(text: str, limit: int = 500) -> str:
+_JSON_STRING_BODY = re.compile(rb'[^"\\]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\]*)*')
+
+
+def _short(text: str | bytes, limit: int = 500) -> str:
+    if isinstance(text, bytes):
+        text = text[: limit * 4].decode("utf-8", "replace")
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -430,6 +495,7 @@ class HttpEndpointTool:
             max_retries=c.max_retries,
             backoff_base_s=c.backoff_base_s,
             backoff_max_s=c.backoff_max_s,
+            max_output_bytes=c.max_output_bytes,
         )
         return truncate_output(reply["output"], c.max_output_bytes)
 

@@ -14,12 +14,14 @@ Why the guardrails live here and not in the prompt:
   cannot get lucky. Whether a refund was *allowed* is the grader's business,
   not the tool's: the tool only checks facts (the order exists, the amount is
   positive and at most the order total).
-* ``sql_query`` runs on a second connection opened with ``mode=ro`` and
-  ``PRAGMA query_only``, behind an SQLite authorizer that allows only reads
-  (SELECT, READ, whitelisted functions, a few read-only PRAGMAs) and a progress
-  handler that aborts the statement after a deadline. Three independent
+* ``sql_query`` runs through :class:`~agentrft.envs.support.readonly_sql.ReadOnlySql`:
+  a second connection opened with ``mode=ro`` and ``PRAGMA query_only``,
+  behind an SQLite authorizer that allows only reads (SELECT, READ,
+  whitelisted functions, a few read-only PRAGMAs) -- three independent
   locks, so a flaw in one (say, an authorizer action code we forgot) still
-  cannot write to the database; results are capped at ``max_rows`` rows.
+  cannot write to the database -- and under :class:`SqlLimits`: the length
+  of any value, the size of the query and of its program, a wall-time
+  deadline, and the rows and characters of the reply.
 
 Concurrency: the calls of one assistant turn run in parallel worker threads,
 so both connections are opened with ``check_same_thread=False`` and every use
@@ -32,65 +34,37 @@ import json
 import re
 import sqlite3
 import threading
-import time
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 from agentrft.envs.support.database import TODAY, copy_template
+from agentrft.envs.support.readonly_sql import ReadOnlySql, SqlLimits
 from agentrft.tools.base import ToolFailure
 from agentrft.tools.environment import Environment
 from agentrft.types import TaskRow, ToolErrorKind
 
-__all__ = ["SupportEnv", "normalize_order_id"]
-
-ALLOWED_FUNCTIONS = frozenset({
-    "abs", "avg", "coalesce", "count", "date", "datetime", "group_concat", "ifnull", "iif", "instr",
-    "julianday", "length", "like", "glob", "lower", "ltrim", "max", "min", "nullif", "printf", "format",
-    "replace", "round", "rtrim", "strftime", "substr", "substring", "sum", "total", "trim", "typeof", "upper",
-})
-"""SQL functions ``sql_query`` may call (no ``randomblob``/``zeroblob`` memory bombs, no ``load_extension``)."""
-
-READONLY_PRAGMAS = frozenset({"table_info", "table_xinfo", "table_list", "index_list", "index_info",
-                              "foreign_key_list"})
-"""Schema-inspection PRAGMAs that ``sql_query`` allows; every other PRAGMA is denied."""
-
-_READ_ACTIONS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_RECURSIVE})
-_AUTHORIZER_ACTIONS = (
-    "ALTER_TABLE", "ANALYZE", "ATTACH", "CREATE_INDEX", "CREATE_TABLE", "CREATE_TEMP_INDEX", "CREATE_TEMP_TABLE",
-    "CREATE_TEMP_TRIGGER", "CREATE_TEMP_VIEW", "CREATE_TRIGGER", "CREATE_VIEW", "CREATE_VTABLE", "DELETE",
-    "DETACH", "DROP_INDEX", "DROP_TABLE", "DROP_TEMP_INDEX", "DROP_TEMP_TABLE", "DROP_TEMP_TRIGGER",
-    "DROP_TEMP_VIEW", "DROP_TRIGGER", "DROP_VIEW", "DROP_VTABLE", "FUNCTION", "INSERT", "PRAGMA", "READ",
-    "RECURSIVE", "REINDEX", "SAVEPOINT", "SELECT", "TRANSACTION", "UPDATE",
-)
-# authorizer action code -> "DROP TABLE" etc., for the refusal message
-_ACTION_NAMES = {
-    getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ") for name in _AUTHORIZER_ACTIONS
-    if hasattr(sqlite3, f"SQLITE_{name}")
-}
-
+__all__ = ["SqlLimits", "SupportEnv", "normalize_order_id"]
 
 class SupportEnv(Environment):
     """A support desk for one ticket: tools over a private SQLite copy of the shop.
 
     Args of the constructor (not tools): ``seed`` picks the template database;
-    ``query_time_limit_s`` and ``max_rows`` bound ``sql_query``.
+    ``sql_limits`` bounds ``sql_query`` (time, value sizes, rows; see :class:`SqlLimits`).
     """
 
-    def __init__(self, seed: int = 0, query_time_limit_s: float = 1.0, max_rows: int = 50) -> None:
+    def __init__(self, seed: int = 0, sql_limits: SqlLimits | None = None) -> None:
         self._seed = seed
-        self._query_time_limit_s = query_time_limit_s
-        self._max_rows = max_rows
+        self.sql_limits = sql_limits or SqlLimits()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._ro_conn: sqlite3.Connection | None = None
+        self._sql: ReadOnlySql | None = None
         self.db_path: Path | None = None
         """The rollout's private database file (deleted by :meth:`close`)."""
         self.refunds_issued: list[dict[str, Any]] = []
         """Refunds written by this rollout, as ``{refund_id, order_id, amount, reason}``."""
         self.reply: str | None = None
         """The message passed to ``send_reply``, once sent."""
-        self._denied: list[str] = []  # why the authorizer refused the current sql_query (it appends)
 
     # -- lifecycle ---------------------------------------------------------------------
     def setup(self, row: TaskRow) -> None:
@@ -98,16 +72,15 @@ class SupportEnv(Environment):
         self.db_path = copy_template(self._seed)
         self._conn = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
-        self._ro_conn = sqlite3.connect(f"{self.db_path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
-        self._ro_conn.execute("PRAGMA query_only = ON")
-        self._ro_conn.set_authorizer(_read_only_authorizer(self._denied))
+        self._sql = ReadOnlySql(self.db_path, self.sql_limits)
 
     def close(self) -> None:
         with self._lock:
-            for conn in (self._ro_conn, self._conn):
-                if conn is not None:
-                    conn.close()
-            self._conn = self._ro_conn = None
+            if self._sql is not None:
+                self._sql.close()
+            if self._conn is not None:
+                self._conn.close()
+            self._conn, self._sql = None, None
             if self.db_path is not None:
                 self.db_path.unlink(missing_ok=True)
 
@@ -229,27 +202,9 @@ class SupportEnv(Environment):
             query: a single SELECT statement.
         """
         with self._lock:
-            if self._ro_conn is None:
+            if self._sql is None:
                 raise ToolFailure(ToolErrorKind.TOOL_ERROR, "the database is closed")
-            conn = self._ro_conn
-            self._denied.clear()
-            deadline = time.monotonic() + self._query_time_limit_s
-            conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
-            try:
-                cursor = conn.execute(query)
-                rows = cursor.fetchmany(self._max_rows + 1)
-                columns = [d[0] for d in cursor.description or ()]
-            except sqlite3.Error as e:
-                raise self._sql_failure(e, deadline) from None
-            finally:
-                conn.set_progress_handler(None, 0)
-                if conn.in_transaction:  # a read left open would keep a shared lock
-                    conn.rollback()
-        truncated = len(rows) > self._max_rows
-        out: dict[str, Any] = {"columns": columns, "rows": [list(r) for r in rows[: self._max_rows]]}
-        if truncated:
-            out["truncated"] = f"only the first {self._max_rows} rows are shown"
-        return _json(out)
+            return self._sql.query(query)
 
     def send_reply(self, message: str) -> str:
         """Send the final reply to the customer. This closes the ticket and ends the conversation.
@@ -267,21 +222,6 @@ class SupportEnv(Environment):
         return "reply sent; ticket closed"
 
     # -- helpers -----------------------------------------------------------------------
-    def _sql_failure(self, error: sqlite3.Error, deadline: float) -> ToolFailure:
-        if self._denied:
-            return ToolFailure(
-                ToolErrorKind.GUARDRAIL,
-                f"sql_query is read-only and refused {self._denied[0]}; only SELECT statements "
-                f"(and schema PRAGMAs: {', '.join(sorted(READONLY_PRAGMAS))}) may run",
-            )
-        if isinstance(error, sqlite3.OperationalError) and "interrupted" in str(error) and time.monotonic() > deadline:
-            return ToolFailure(
-                ToolErrorKind.TOOL_ERROR,
-                f"query aborted: it ran longer than the {self._query_time_limit_s:g}s limit; "
-                "add WHERE conditions or a LIMIT",
-            )
-        return ToolFailure(ToolErrorKind.TOOL_ERROR, f"SQL error: {error}")
-
     def _open_conn(self) -> sqlite3.Connection:
         if self._conn is None:
             raise ToolFailure(ToolErrorKind.TOOL_ERROR, "the database is closed")
@@ -294,24 +234,6 @@ class SupportEnv(Environment):
     def _all(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         with self._lock:
             return self._open_conn().execute(sql, params).fetchall()
-
-
-def _read_only_authorizer(denied: list[str]):
-    """An SQLite authorizer that allows reads only and notes in ``denied`` why it refused anything."""
-
-    def authorize(action: int, arg1: str | None, arg2: str | None, _db: str | None, _trigger: str | None) -> int:
-        if action in _READ_ACTIONS:
-            return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in ALLOWED_FUNCTIONS:
-            return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in READONLY_PRAGMAS:
-            return sqlite3.SQLITE_OK
-        what = _ACTION_NAMES.get(action, f"authorizer action {action}")
-        target = arg2 if action == sqlite3.SQLITE_FUNCTION else arg1
-        denied.append(f"{what} on {target}" if target else what)
-        return sqlite3.SQLITE_DENY
-
-    return authorize
 
 
 def normalize_order_id(order_id: str) -> str:
