@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import resource
 import select
 import socket
 import socketserver
 import threading
 import time
 import zlib
-from pathlib import Path
 
 import httpx
 import pytest
@@ -37,6 +35,8 @@ from agentrft.graders import JudgeConfig, load_grader
 from agentrft.tools.base import ToolContext, ToolFailure, run_sync
 from agentrft.tools.http_endpoint import EndpointClient, EndpointToolConfig, HttpEndpointTool
 from agentrft.types import ToolErrorKind
+
+from memory_probe import measure
 
 TIMEOUT_S = 1.0
 SLACK_S = 0.5  # the promised 0.2 s, plus room for a loaded 2-core machine
@@ -129,29 +129,6 @@ def url():
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
-
-
-def _status_mb(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise OSError(key)
-
-
-def measure(fn):
-    """(outcome, seconds, peak RSS growth in MB) of ``fn()``; the outcome is its result or the exception."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-        base, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
-    except OSError:  # no /proc: the lifetime peak can only show growth past its old high
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731
-    start = time.monotonic()
-    try:
-        outcome = fn()
-    except Exception as e:  # noqa: BLE001 - the outcome is inspected by the test
-        outcome = e
-    return outcome, time.monotonic() - start, peak() - base
 
 
 def assert_bounded(seconds: float, growth_mb: float) -> None:

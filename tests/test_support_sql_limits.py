@@ -9,11 +9,8 @@ enough to hurt the machine). Memory is the peak resident set of this process dur
 from __future__ import annotations
 
 import json
-import re
-import resource
 import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 
@@ -22,32 +19,13 @@ from agentrft.envs.support.env import SqlLimits
 from agentrft.tools.base import ToolFailure
 from agentrft.types import ToolErrorKind
 
+from memory_probe import measure
+
 BUDGET_S = 0.5
 SLACK_S = 0.2 + 0.3  # the promised 0.2 s, plus room for a loaded 2-core machine
 MAX_GROWTH_MB = 64.0
 A = "printf('%.*c', 99999, 'a')"  # the longest value the limits allow, built cheaply
 H = "printf('%.*c', 49999, 'a') || 'b'"
-
-
-def _status_mb(key: str) -> float:
-    text = Path("/proc/self/status").read_text()
-    return int(re.search(rf"^{key}:\s+(\d+) kB", text, re.M).group(1)) / 1024
-
-
-def measure(fn):
-    """(outcome, seconds, peak RSS growth in MB) of ``fn()``; the outcome is its result or the exception."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-        base, peak = _status_mb("VmRSS"), lambda: _status_mb("VmHWM")
-    except OSError:  # no /proc: the lifetime peak can only show growth past its old high
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731
-    start = time.monotonic()
-    try:
-        outcome = fn()
-    except Exception as e:  # noqa: BLE001 - the outcome is inspected by the test
-        outcome = e
-    return outcome, time.monotonic() - start, peak() - base
 
 
 @pytest.fixture(scope="module")
