@@ -40,7 +40,7 @@ from typing import Any
 from agentrft.envs.coding.tasks import RUNNER_FILE, BugTask, get_task
 from agentrft.tools.base import ToolFailure
 from agentrft.tools.environment import Environment
-from agentrft.tools.sandbox import SANDBOX_HOME, Sandbox, SandboxConfig, SandboxError, UnsafePathError
+from agentrft.tools.sandbox import SANDBOX_HOME, Sandbox, SandboxConfig, SandboxError, SandboxResult, UnsafePathError
 from agentrft.types import TaskRow, ToolErrorKind
 
 __all__ = [
@@ -157,12 +157,7 @@ def run_test_suite(sandbox: Sandbox, task: BugTask) -> TestRun:
             finished = False  # no valid summary line (e.g. the code under test exited early): reported below
     output = result.stdout.rstrip("\n")
     if not finished or result.exit_code != 0 or result.killed_reason:
-        notes = [f"exit_code: {result.exit_code}"]
-        if result.killed_reason:
-            notes.append(f"killed: {result.killed_reason}")
-        stderr = result.stderr.strip()
-        if stderr:
-            notes.append("stderr:\n" + stderr[-_OUTPUT_TAIL_CHARS:])
+        notes = run_notes(result, _OUTPUT_TAIL_CHARS, stderr_label="stderr:\n")
         output = "\n".join([output, *notes]).strip("\n")
     if not finished:
         output += f"\nthe test run did not finish: 0 of {task.num_tests} tests counted as passed"
@@ -297,3 +292,15 @@ class CodingEnv(Environment):
             raise ToolFailure(ToolErrorKind.GUARDRAIL, f"{relpath!r} cannot be written: {e}") from e
         except OSError as e:
             raise ToolFailure(ToolErrorKind.TOOL_ERROR, f"cannot write {relpath}: {e.strerror or e}") from e
+
+
+def run_notes(result: SandboxResult, tail_chars: int, stderr_label: str = "stderr: ") -> list[str]:
+    """How a sandboxed run ended, as lines for the model or the grade: exit code, why it was killed, the
+    end of its stderr."""
+    notes = [f"exit_code: {result.exit_code}"]
+    if result.killed_reason:
+        notes.append(f"killed: {result.killed_reason}")
+    stderr = result.stderr.strip()
+    if stderr:
+        notes.append(stderr_label + stderr[-tail_chars:])
+    return notes

@@ -44,7 +44,7 @@ import json
 import time
 from typing import Any
 
-from agentrft.envs.coding.env import EDIT_TOOLS, TestRun, apply_edit
+from agentrft.envs.coding.env import EDIT_TOOLS, TestRun, apply_edit, run_notes
 from agentrft.envs.coding.tasks import TARGET_TOOL_CALLS, BugTask, get_task
 from agentrft.errors import AgentRFTError
 from agentrft.graders.base import OTHER_ERROR, SAMPLE_PARSE_ERROR, no_errors
@@ -187,12 +187,7 @@ def _matches(text: str, expected: Any) -> bool:
 
 
 def _unfinished(result: SandboxResult) -> str:
-    notes = [f"exit_code: {result.exit_code}"]
-    if result.killed_reason:
-        notes.append(f"killed: {result.killed_reason}")
-    stderr = result.stderr.strip()
-    if stderr:
-        notes.append("stderr: " + stderr[-_TAIL_CHARS:])
+    notes = run_notes(result, _TAIL_CHARS)
     notes.append("no valid report from the checker: 0 tests counted as passed")
     return "\n".join(notes)
 
