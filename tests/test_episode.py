@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agentrft.models.chat_format import HermesChatFormat
@@ -124,9 +126,40 @@ def test_schema_only_tools_end_at_the_call_turn(cf):
     call = ToolCall("refund", {"order_id": "A1"}, id="c1")
     (traj,) = run_episodes([row], lambda r: None, ScriptedSampler([list(cf.assistant_tokens(call_msg(call)))]), cf)
     assert traj.stop_reason == StopReason.TOOL_CALLS_OUTPUT
-    assert traj.turns == 1 and traj.tool_calls == []
+    (rec,) = traj.tool_calls  # counted like any call, though nothing ran
+    assert traj.turns == 1 and rec.call.name == "refund" and rec.error is None and rec.result == ""
     (out,) = traj.output_tools
     assert out["function"]["name"] == "refund"
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_parallel_schema_only_calls_are_all_kept_and_checked(cf):
+    row = dict(ROW, tools=[WEATHER])
+    calls = [ToolCall("get_weather", {"city": "Oslo"}), ToolCall("get_weather", {"city_1": "Rome"})]
+    (traj,) = run_episodes([row], lambda r: None, ScriptedSampler([list(cf.assistant_tokens(call_msg(*calls)))]), cf)
+    assert traj.stop_reason == StopReason.TOOL_CALLS_OUTPUT
+    assert [r.call.arguments for r in traj.tool_calls] == [{"city": "Oslo"}, {"city_1": "Rome"}]
+    assert traj.tool_calls[0].error is None
+    bad = traj.tool_calls[1].error
+    assert bad.kind == ToolErrorKind.SCHEMA_VIOLATION and "'city_1'" in bad.message and "'city'" in bad.message
+    # the grader still sees both calls exactly as written
+    assert [json.loads(o["function"]["arguments"]) for o in traj.output_tools] == [{"city": "Oslo"}, {"city_1": "Rome"}]
+    assert traj.messages[-1]["role"] == "assistant"  # no tool results were shown back
+
+
+def test_mixed_turn_runs_the_implemented_call_and_ends_with_all_calls(cf):
+    row = dict(ROW, tools=[WEATHER])
+    env = Calculator()
+    calls = [ToolCall("add", {"a": 2, "b": 3}), ToolCall("get_weather", {"city": "Oslo"})]
+    (traj,) = run_episodes([row], lambda r: env, ScriptedSampler([list(cf.assistant_tokens(call_msg(*calls)))]), cf)
+    assert traj.stop_reason == StopReason.TOOL_CALLS_OUTPUT and env.calls == 1
+    add, weather = traj.tool_calls
+    assert add.call.name == "add" and add.result == "5" and add.error is None
+    assert weather.call.name == "get_weather" and weather.result == ""
+    assert [o["function"]["name"] for o in traj.output_tools] == ["add", "get_weather"]
 
 
 def test_max_turns_and_token_budget(cf):

@@ -82,6 +82,6 @@ def test_cli_eval_with_data_tools_and_grader(tmp_path, server):
     assert res.exit_code == 0, res.output
     assert "tasks.jsonl:2" in res.output  # the bad row is reported with its line, the good one still runs
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["n_rollouts"] == 1 and summary["env"] == "external"
+    assert summary["n_rollouts"] == 1 and summary["env"] == "data"
     res = CliRunner().invoke(main, ["eval", "--model", str(model), "--tools", str(tools), "--out", str(out)])
     assert res.exit_code == 2 and "--data" in res.output

@@ -41,12 +41,102 @@ def test_validate(tmp_path):
 def test_run_prints_result_json(tmp_path):
     item = tmp_path / "item.json"
     item.write_text(json.dumps({"label": "positive"}))
-    r = _invoke("run", str(FIXTURES / "string_check.json"), "--sample", '{"output_text": "positive"}', "--item", str(item))
+    r = _invoke("run", str(FIXTURES / "string_check.json"), "--sample", "positive", "--item", str(item))
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["reward"] == 1.0 and out["metadata"]["errors"]["other_error"] is False
     r = _invoke("run", str(FIXTURES / "string_check.json"), "--sample", "negative", "--item", str(item))
-    assert json.loads(r.output)["reward"] == 0.0
+    assert json.loads(r.stdout)["reward"] == 0.0
+
+
+def _python_spec(tmp_path, source: str) -> str:
+    spec = tmp_path / "python.json"
+    spec.write_text(json.dumps({"type": "python", "source": source}))
+    return str(spec)
+
+
+# Returns a code per check so a failure says which one: 1.0 only when all hold.
+SAMPLE_CHECKS = """def grade(sample, item):
+    want = item["want"]
+    if sample["output_text"] != want["output_text"]:
+        return 0.1
+    if sample["output_json"] != want["output_json"]:
+        return 0.2
+    if sample["output_tools"] != want["output_tools"]:
+        return 0.3
+    return 1.0
+"""
+
+
+def test_run_sample_is_the_output_text_and_json_text_fills_output_json(tmp_path):
+    """As OpenAI's graders/run model_sample: the text is output_text, output_json is it parsed."""
+    spec = _python_spec(tmp_path, SAMPLE_CHECKS)
+    text = '{"name": "x"}'
+    want = {"output_text": text, "output_json": {"name": "x"}, "output_tools": []}
+    r = _invoke("run", spec, "--sample", text, "--item", json.dumps({"want": want}))
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["reward"] == 1.0
+    assert "note:" not in r.stderr  # a model output, not the old sample-object use
+    want = {"output_text": "plain words", "output_json": None, "output_tools": []}
+    r = _invoke("run", spec, "--sample", "plain words", "--item", json.dumps({"want": want}))
+    assert json.loads(r.stdout)["reward"] == 1.0
+    # --sample-file: the same, read from a file or stdin, verbatim
+    out = tmp_path / "out.txt"
+    out.write_text(text)
+    want = {"output_text": text, "output_json": {"name": "x"}, "output_tools": []}
+    r = _invoke("run", spec, "--sample-file", str(out), "--item", json.dumps({"want": want}))
+    assert json.loads(r.stdout)["reward"] == 1.0
+    r = CliRunner().invoke(grader_cli, ["run", spec, "--sample-file", "-", "--item", json.dumps({"want": want})],
+                           input=text)
+    assert json.loads(r.stdout)["reward"] == 1.0
+
+
+def test_run_takes_a_whole_sample_object_with_its_own_flag(tmp_path):
+    item = json.dumps({"label": "positive"})
+    r = _invoke("run", str(FIXTURES / "string_check.json"), "--sample-object", '{"output_text": "positive"}',
+                "--item", item)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["reward"] == 1.0
+    obj = tmp_path / "sample.json"
+    obj.write_text(json.dumps({"output_text": "positive", "output_json": None}))
+    r = _invoke("run", str(FIXTURES / "string_check.json"), "--sample-object-file", str(obj), "--item", item)
+    assert json.loads(r.stdout)["reward"] == 1.0
+    # the old use of --sample now grades the JSON text itself, with a hint on stderr
+    r = _invoke("run", str(FIXTURES / "string_check.json"), "--sample", '{"output_text": "positive"}', "--item", item)
+    assert r.exit_code == 0 and json.loads(r.stdout)["reward"] == 0.0
+    assert "--sample-object" in r.stderr
+    r = _invoke("run", str(FIXTURES / "string_check.json"), "--sample", str(obj), "--item", item)
+    assert json.loads(r.stdout)["reward"] == 0.0 and "--sample-file" in r.stderr
+
+
+def test_run_python_grader_reads_output_tools_from_a_sample_object(tmp_path):
+    spec = _python_spec(tmp_path, "def grade(sample, item):\n"
+                                  "    names = [t['function']['name'] for t in sample['output_tools']]\n"
+                                  "    return 1.0 if names == item['tools'] else 0.0\n")
+    tools = [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "Paris"}'}}]
+    sample = json.dumps({"output_text": "", "output_tools": tools})
+    item = json.dumps({"tools": ["lookup"]})
+    r = _invoke("run", spec, "--sample-object", sample, "--item", item)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["reward"] == 1.0
+    # the same JSON given as --sample is output text: no tool calls
+    r = _invoke("run", spec, "--sample", sample, "--item", item)
+    assert json.loads(r.stdout)["reward"] == 0.0
+
+
+def test_run_needs_exactly_one_sample_and_an_object_for_the_object_flags(tmp_path):
+    spec = str(FIXTURES / "string_check.json")
+    r = _invoke("run", spec)
+    assert r.exit_code == 2 and "exactly one of --sample" in r.stderr
+    r = _invoke("run", spec, "--sample", "a", "--sample-object", "{}")
+    assert r.exit_code == 2 and "got --sample, --sample-object" in r.stderr
+    r = _invoke("run", spec, "--sample-object", '"just text"')
+    assert r.exit_code == 2 and "--sample-object must be a JSON object" in r.stderr
+    r = _invoke("run", spec, "--sample-object-file", str(tmp_path / "missing.json"))
+    assert r.exit_code == 2
+    # text no file system accepts as a path is still just text
+    r = _invoke("run", spec, "--sample", "x" * 5000, "--item", "{\"label\": \"" + "y" * 300 + "\"}")
+    assert r.exit_code == 0, r.output
 
 
 def test_test_command_reports_and_fails(tmp_path):

@@ -76,21 +76,29 @@ class RolloutConfig(BaseModel):
 
 
 class DataConfig(_Section):
-    env: str = "finance"
-    """Built-in environment providing tasks, per-rollout tools and the default grader."""
+    env: str | None = None
+    """Built-in environment (``finance``, ``support``, ``coding``, ``toy``, or ``package.module:function``)
+    providing tasks, per-rollout tools and the default grader. Unset: with ``train_file``/``eval_file``
+    the rows run with their own ``tools`` only (plus ``tools`` servers) and no prompt or tool of ours,
+    and a ``grader`` is required; without files, the ``finance`` sample tasks."""
     train_split: str = "train"
     eval_split: str = "validation"
     train_file: str | None = None
-    """JSONL task file (OpenAI RFT format) used instead of ``train_split``."""
+    """JSONL training file in OpenAI's format for the method: RFT tasks (``rft``), supervised rows with
+    the assistant targets (``sft``, when ``demonstrations``/``demonstrations_file`` are unset), preference
+    rows (``dpo``, when no other pair source is set)."""
     eval_file: str | None = None
+    """JSONL validation tasks (OpenAI RFT format) used instead of ``eval_split``."""
     demonstrations: str | None = None
     """SFT/DPO: name of the environment's oracle policy that writes demonstrations (e.g. ``verbose``)."""
     rejected_demonstrations: str | None = None
     """DPO: oracle policy whose conversations are the rejected side of each pair."""
     demonstrations_file: str | None = None
-    """SFT: JSONL of complete conversations (``messages`` with the assistant turns to imitate)."""
+    """SFT: JSONL in OpenAI's supervised format (``messages`` with the assistant turns to imitate,
+    ``tool_calls`` included; optional ``tools``, ``parallel_tool_calls``, per-message ``weight``)."""
     pairs_file: str | None = None
-    """DPO: JSONL of ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` message lists."""
+    """DPO: JSONL in OpenAI's preference format (``input``, ``preferred_output``,
+    ``non_preferred_output``), or ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` message lists."""
     pairs_from_run: str | None = None
     """DPO: a run directory (an RFT run's) whose sampled groups give the pairs: at each step, the best vs
     the worst rollout of each task, on the exact tokens that were sampled (same ``model`` needed)."""
@@ -103,6 +111,21 @@ class DataConfig(_Section):
     8 MiB) stops the job before anything loads, listing every one as ``file:line: reason``. ``true`` trains
     on the valid rows instead; each skipped row is then logged and recorded in run.db (an ``invalid_rows``
     event per file)."""
+
+
+    def env_name(self) -> str | None:
+        """The built-in environment the job runs in; ``None``: the rows of the files, with their own tools."""
+        return self.env or (None if (self.train_file or self.eval_file) else "finance")
+
+    def demonstrations_source(self) -> str | None:
+        """SFT's supervised-format file: ``demonstrations_file``, else ``train_file`` when no oracle writes them."""
+        return self.demonstrations_file or (None if self.demonstrations else self.train_file)
+
+    def pairs_source(self) -> str | None:
+        """DPO's preference-format file: ``pairs_file``, else ``train_file`` when no other source is set."""
+        if self.pairs_file or self.pairs_from_run or self.rejected_demonstrations:
+            return self.pairs_file
+        return self.train_file
 
 
 class LoraConfig(_Section):
@@ -245,13 +268,15 @@ class JobConfig(_Section):
                 ("data.pairs_file", self.data.pairs_file), ("data.pairs_from_run", self.data.pairs_from_run),
                 ("data.demonstrations + data.rejected_demonstrations",
                  self.data.demonstrations and self.data.rejected_demonstrations)) if on]
-            if not sources:
-                raise ValueError("method 'dpo' needs data.pairs_file, data.pairs_from_run, or data.demonstrations "
-                                 "and data.rejected_demonstrations")
+            if not sources and not self.data.train_file:
+                raise ValueError("method 'dpo' needs preference pairs: data.train_file or data.pairs_file (OpenAI's "
+                                 "preference format), data.pairs_from_run, or data.demonstrations and "
+                                 "data.rejected_demonstrations")
             if len(sources) > 1:
                 raise ValueError(f"method 'dpo' takes its pairs from one source; got {' and '.join(sources)}")
-        if self.method == Method.SFT and not (self.data.demonstrations or self.data.demonstrations_file):
-            raise ValueError("method 'sft' needs data.demonstrations (an oracle policy name) or data.demonstrations_file")
+        if self.method == Method.SFT and not self.data.demonstrations and not self.data.demonstrations_source():
+            raise ValueError("method 'sft' needs demonstrations: data.train_file or data.demonstrations_file "
+                             "(OpenAI's supervised format), or data.demonstrations (an oracle policy name)")
         if self.rft.clip_eps_high < self.rft.clip_eps_low and self.rft.loss == PolicyLoss.DAPO:
             raise ValueError("rft.clip_eps_high must be >= rft.clip_eps_low for DAPO's clip-higher")
         if self.rft.credit is Credit.PER_TURN and self.rft.loss is PolicyLoss.GSPO:
@@ -261,6 +286,9 @@ class JobConfig(_Section):
             raise ValueError("rft.gamma discounts per-turn returns; set rft.credit: per_turn to use it")
         if self.tools is not None and not (self.data.train_file and self.grader is not None):
             raise ValueError("'tools' (external tool servers) needs data.train_file and a grader spec")
+        if self.tools is not None and self.data.env is not None:
+            raise ValueError(f"'tools' gives the tools of your data files' rows; data.env {self.data.env!r} brings "
+                             "its own tools: set one of them")
         if self.lora.train_top_layers is not None and not self.lora.enabled:
             raise ValueError("lora.train_top_layers freezes the lower layers' adapters; it needs lora.enabled: true")
         if (self.lora.train_top_layers is not None and self.lora.top_layers is not None

@@ -9,6 +9,13 @@ What: each line of a dataset file is one task row, a JSON object with
   (``{"type": "function", "function": {"name", "description", "parameters"}}``);
 * any other keys -- reference fields that graders read as ``item.<key>``.
 
+SFT and DPO files use OpenAI's fine-tuning formats unchanged (``kind`` of
+:func:`load_jsonl_dataset`): *supervised* rows are task rows whose messages
+include the assistant turns to imitate (``tool_calls`` too; ``weight: 0`` on an
+assistant message shows it without training it); *preference* rows hold
+``input`` (``messages``, ``tools``), ``preferred_output`` and
+``non_preferred_output``.
+
 :func:`load_jsonl_dataset` returns the good rows and a :class:`RowError` (file
 and line) for every bad one. Why skip-and-report by default: one malformed
 line in a 10,000-row file should not stop a run, but it must never vanish
@@ -37,11 +44,14 @@ from agentrft.types import TaskRow
 
 __all__ = [
     "MESSAGE_ROLES",
+    "ROW_VALIDATORS",
     "DatasetLoad",
     "RowError",
     "load_jsonl_dataset",
     "read_jsonl_objects",
+    "validate_preference_row",
     "validate_row",
+    "validate_supervised_row",
     "write_jsonl",
 ]
 
@@ -95,6 +105,65 @@ def validate_row(row: Any) -> list[str]:
     if "id" in row and (isinstance(row["id"], bool) or not isinstance(row["id"], str | int)):
         problems.append(f"'id' must be a string or an integer, got {_json_type(row['id'])}")
     return problems
+
+
+def validate_supervised_row(row: Any) -> list[str]:
+    """Everything wrong with one row of OpenAI's supervised (SFT) format: a task row whose ``messages``
+    hold the assistant turns to imitate (``tool_calls`` included), each with an optional ``weight`` of
+    0 (shown, not trained) or 1; optional ``tools`` and ``parallel_tool_calls``."""
+    problems = validate_row(row)
+    if problems:
+        return problems
+    assistants = [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant"]
+    if not assistants:
+        problems.append("no assistant message to train on (a supervised row ends with the assistant's target)")
+    elif all(row["messages"][i].get("weight", 1) == 0 for i in assistants):
+        problems.append("every assistant message has weight 0: nothing to train on")
+    for i in assistants:
+        if "weight" in row["messages"][i] and row["messages"][i]["weight"] not in (0, 1):
+            problems.append(f"messages[{i}].weight must be 0 or 1, got {_short(row['messages'][i]['weight'])}")
+    problems.extend(_parallel_flag_problems(row))
+    return problems
+
+
+def validate_preference_row(row: Any) -> list[str]:
+    """Everything wrong with one row of OpenAI's preference (DPO) format: ``input`` (``messages``, optional
+    ``tools``, ``parallel_tool_calls``), ``preferred_output`` and ``non_preferred_output`` (lists of
+    assistant messages). The older ``{"prompt", "chosen", "rejected"}`` message lists are read too."""
+    if not isinstance(row, dict):
+        return [f"a row must be a JSON object, got {_json_type(row)}"]
+    if {"prompt", "chosen", "rejected"} <= row.keys():
+        prompt = {"messages": row["prompt"], "tools": row.get("tools")}
+        outputs = (("chosen", row["chosen"]), ("rejected", row["rejected"]))
+    else:
+        missing = [k for k in ("input", "preferred_output", "non_preferred_output") if k not in row]
+        if missing:
+            return [f"missing {', '.join(repr(k) for k in missing)} (a preference row has 'input', "
+                    "'preferred_output' and 'non_preferred_output')"]
+        if not isinstance(row["input"], dict):
+            return [f"'input' must be an object with 'messages', got {_json_type(row['input'])}"]
+        prompt = row["input"]
+        outputs = (("preferred_output", row["preferred_output"]), ("non_preferred_output", row["non_preferred_output"]))
+    problems = [f"input: {p}" for p in validate_row(prompt)]
+    problems.extend(_parallel_flag_problems(prompt))
+    for name, output in outputs:
+        if not isinstance(output, list) or not output:
+            problems.append(f"'{name}' must be a non-empty list of assistant messages")
+            continue
+        if not isinstance(output[0], dict) or output[0].get("role") != "assistant":
+            problems.append(f"{name}[0] must be an assistant message")
+        for i, message in enumerate(output):
+            problems.extend(f"{name}[{i}]: {p}" for p in _message_problems(message))
+    return problems
+
+
+def _parallel_flag_problems(row: dict) -> list[str]:
+    flag = row.get("parallel_tool_calls")
+    return [] if flag is None or isinstance(flag, bool) else [f"'parallel_tool_calls' must be true or false, got {_short(flag)}"]
+
+
+ROW_VALIDATORS = {"task": validate_row, "supervised": validate_supervised_row, "preference": validate_preference_row}
+"""What each kind of dataset file must hold: RFT/eval tasks, SFT demonstrations, DPO preference pairs."""
 
 
 def _message_problems(message: Any) -> list[str]:
@@ -248,21 +317,24 @@ def read_jsonl_objects(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]
         yield value
 
 
-def load_jsonl_dataset(path: str | os.PathLike[str], *, strict: bool = False) -> DatasetLoad:
-    """Read and validate a JSONL task dataset.
+def load_jsonl_dataset(path: str | os.PathLike[str], *, strict: bool = False, kind: str = "task") -> DatasetLoad:
+    """Read and validate a JSONL dataset.
 
     Args:
         path: the ``.jsonl`` file.
         strict: raise :class:`DatasetError` listing every bad row instead of skipping them.
+        kind: ``task`` (RFT/eval rows), ``supervised`` (OpenAI SFT rows) or ``preference`` (OpenAI DPO
+            rows): see :data:`ROW_VALIDATORS`.
 
     Raises:
         DatasetError: the file cannot be read, has no valid row, or (``strict``) has any bad row.
     """
     path = Path(path)
+    validate = ROW_VALIDATORS[kind]
     result = DatasetLoad()
     first_line_of_id: dict[Any, int] = {}
     for number, row, error in _parsed_lines(path):
-        problems = [error] if error is not None else validate_row(row)
+        problems = [error] if error is not None else validate(row)
         if not problems:
             row.setdefault("id", f"{path.stem}-{number}")
             if row["id"] in first_line_of_id:

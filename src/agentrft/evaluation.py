@@ -25,7 +25,7 @@ from agentrft.models.chat_format import ChatFormat
 from agentrft.rollout.episode import run_episodes
 from agentrft.rollout.sampler import Sampler
 from agentrft.tools.environment import EnvSpec
-from agentrft.types import Grade, TaskRow, Trajectory
+from agentrft.types import Grade, TaskRow, ToolCallRecord, Trajectory
 
 
 @dataclass
@@ -69,42 +69,123 @@ def is_correct(grade: Grade, threshold: float) -> bool:
     return grade.reward >= threshold
 
 
-def summarize(graded: list[GradedRollout], wall_s: float, accuracy_threshold: float = 0.99) -> dict:
-    """Aggregate figures over graded rollouts. Infra failures are counted, not averaged in."""
-    ok = [g for g in graded if not g.trajectory.is_infra_failure]
+SCHEMA_VIOLATION = "schema_violation"
+"""Error kind (by ``.value``) of a tool call whose arguments fall outside the tool's schema; compared as a
+string so the count works whichever :class:`~agentrft.types.ToolErrorKind` member carries it."""
+
+UNCATEGORISED = "(none)"
+"""The ``by_category`` bucket of rows that lack the category key."""
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return float(statistics.fmean(xs)) if xs else 0.0
+
+
+def _is_schema_violation(record: ToolCallRecord) -> bool:
+    kind = record.error.kind if record.error is not None else None
+    return getattr(kind, "value", kind) == SCHEMA_VIOLATION
+
+
+def outcome_figures(ok: list[GradedRollout], accuracy_threshold: float) -> dict[str, Any]:
+    """Accuracy (with its 95 % Wilson interval), reward and tool calls over scored rollouts ``ok``.
+
+    ``exact`` / ``partial`` / ``zero`` split the rollouts by reward alone (``>= accuracy_threshold``,
+    strictly between 0 and it, ``<= 0``), so they always sum to ``n``; ``accuracy`` follows
+    :func:`is_correct` and so differs from ``exact / n`` only for graders that report a ``correct``
+    sub-reward. Tool calls are ``traj.tool_calls`` (executed and schema-only calls alike), never the final
+    message's ``output_tools``.
+    """
     n = len(ok)
-    calls = sum(len(g.trajectory.tool_calls) for g in ok)
-    errors = sum(g.trajectory.num_tool_errors for g in ok)
     rewards = [g.grade.reward for g in ok]
-
-    def mean(xs: Iterable[float]) -> float:
-        xs = list(xs)
-        return float(statistics.fmean(xs)) if xs else 0.0
-
-    acc = mean(1.0 if is_correct(g.grade, accuracy_threshold) else 0.0 for g in ok)
-    # 95 % Wilson interval for accuracy: a gain inside it is noise.
-    lo, hi = wilson_interval(acc, n)
+    acc = _mean(1.0 if is_correct(g.grade, accuracy_threshold) else 0.0 for g in ok)
+    lo, hi = wilson_interval(acc, n)  # a gain inside it is noise
+    calls = sum(len(g.trajectory.tool_calls) for g in ok)
+    exact = sum(1 for r in rewards if r >= accuracy_threshold)
+    zero = sum(1 for r in rewards if r <= 0.0 and r < accuracy_threshold)  # exact wins at a threshold <= 0
     return {
-        "n_rollouts": len(graded),
-        "n_tasks": len({g.trajectory.task_id for g in graded}),
-        "reward_mean": mean(rewards),
-        "reward_std": float(statistics.pstdev(rewards)) if len(rewards) > 1 else 0.0,
+        "n": n,
         "accuracy": acc,
         "accuracy_ci95": [lo, hi],
+        "reward_mean": _mean(rewards),
         "tool_calls_per_rollout": calls / n if n else 0.0,
+        "exact": exact,
+        "partial": n - exact - zero,
+        "zero": zero,
+    }
+
+
+def summarize_by_category(graded: list[GradedRollout], accuracy_threshold: float = 0.99,
+                          category_key: str = "category") -> dict[str, dict[str, Any]]:
+    """:func:`outcome_figures` per value of the task rows' ``category_key`` (sorted by name; rows without
+    it under ``"(none)"``), plus each category's ``infra_failures``. Empty when no row has the key."""
+    if not any(category_key in g.row for g in graded):
+        return {}
+    groups: dict[str, list[GradedRollout]] = {}
+    for g in graded:
+        value = g.row.get(category_key)
+        groups.setdefault(UNCATEGORISED if value is None else str(value), []).append(g)
+    out = {}
+    for name in sorted(groups):
+        ok = [g for g in groups[name] if not g.trajectory.is_infra_failure]
+        out[name] = {**outcome_figures(ok, accuracy_threshold), "infra_failures": len(groups[name]) - len(ok)}
+    return out
+
+
+def summarize(graded: list[GradedRollout], wall_s: float, accuracy_threshold: float = 0.99,
+              category_key: str = "category") -> dict:
+    """Aggregate figures over graded rollouts. Infra failures are counted, not averaged in.
+
+    Outcomes (over rollouts that did not fail on infrastructure): ``accuracy`` with ``accuracy_ci95``,
+    ``reward_mean``, and the reward split ``exact`` (reward >= ``accuracy_threshold``), ``partial``
+    (0 < reward < threshold) and ``zero`` (reward <= 0) as counts. With a ``category_key`` field on the
+    task rows, ``by_category`` holds the same figures per category (:func:`summarize_by_category`).
+
+    Tool calls come from ``traj.tool_calls`` only: ``tool_calls_total``, ``tool_calls_per_rollout``,
+    ``tool_call_rate`` (share of rollouts with one), ``tool_error_rate`` (failed calls / calls) and
+    ``schema_violations`` (records whose error kind is ``"schema_violation"``).
+
+    Time, two different measures:
+
+    * ``seconds_per_rollout``: ``wall_s`` / rollouts, the throughput figure -- what a rollout costs when
+      run as this eval ran them (batched, graded).
+    * ``rollout_span_s_mean``: mean of each rollout's ``timings["total_s"]``, from the start of its batch to
+      its own end. Rollouts of a batch are decoded in lockstep, so this is the time a rollout spent in its
+      batch (it includes sampling for the other rows), not the latency it would see alone.
+    """
+    ok = [g for g in graded if not g.trajectory.is_infra_failure]
+    n = len(ok)
+    figures = outcome_figures(ok, accuracy_threshold)
+    del figures["n"]
+    records = [r for g in ok for r in g.trajectory.tool_calls]
+    errors = sum(1 for r in records if r.error is not None)
+    rewards = [g.grade.reward for g in ok]
+    span = _mean(g.trajectory.timings.get("total_s", 0.0) for g in ok)
+    summary = {
+        "n_rollouts": len(graded),
+        "n_tasks": len({g.trajectory.task_id for g in graded}),
+        **figures,
+        "reward_std": float(statistics.pstdev(rewards)) if len(rewards) > 1 else 0.0,
+        "tool_calls_total": len(records),
         "tool_calls_ci95": list(mean_interval([float(len(g.trajectory.tool_calls)) for g in ok])),
-        "tool_call_rate": mean(1.0 if g.trajectory.tool_calls else 0.0 for g in ok),
-        "tool_error_rate": errors / calls if calls else 0.0,
-        "tokens_mean": mean(g.trajectory.num_tokens for g in ok),
-        "sampled_tokens_mean": mean(g.trajectory.num_sampled_tokens for g in ok),
-        "turns_mean": mean(g.trajectory.turns for g in ok),
-        "latency_s_mean": mean(g.trajectory.timings.get("total_s", 0.0) for g in ok),
-        "grader_error_rate": mean(1.0 if g.grade.has_error else 0.0 for g in ok),
+        "tool_call_rate": _mean(1.0 if g.trajectory.tool_calls else 0.0 for g in ok),
+        "tool_error_rate": errors / len(records) if records else 0.0,
+        "schema_violations": sum(1 for r in records if _is_schema_violation(r)),
+        "tokens_mean": _mean(g.trajectory.num_tokens for g in ok),
+        "sampled_tokens_mean": _mean(g.trajectory.num_sampled_tokens for g in ok),
+        "turns_mean": _mean(g.trajectory.turns for g in ok),
+        "rollout_span_s_mean": span,
+        "grader_error_rate": _mean(1.0 if g.grade.has_error else 0.0 for g in ok),
         "infra_failures": len(graded) - n,
-        "stop_reasons": dict(Counter(g.trajectory.stop_reason.value if g.trajectory.stop_reason else "none" for g in graded)),
+        "stop_reasons": dict(Counter(g.trajectory.stop_reason.value if g.trajectory.stop_reason else "none"
+                                     for g in graded)),
         "wall_s": wall_s,
         "seconds_per_rollout": wall_s / len(graded) if graded else 0.0,
     }
+    by_category = summarize_by_category(graded, accuracy_threshold, category_key)
+    if by_category:
+        summary["by_category"] = by_category
+    return summary
 
 
 def mean_interval(xs: list[float], z: float = 1.96) -> tuple[float, float]:

@@ -192,7 +192,7 @@ def verdict(sft: dict, rft: dict, paired: dict | None = None) -> dict:
 def _stage_summary(summary: dict, wall_s: float) -> dict:
     keys = ("accuracy", "accuracy_ci95", "reward_mean", "tool_calls_per_rollout", "tool_calls_ci95", "tool_call_rate",
             "tool_error_rate",
-            "tokens_mean", "sampled_tokens_mean", "turns_mean", "latency_s_mean", "n_rollouts", "seconds_per_rollout")
+            "tokens_mean", "sampled_tokens_mean", "turns_mean", "rollout_span_s_mean", "n_rollouts", "seconds_per_rollout")
     out = {k: summary[k] for k in keys}
     out["wall_s"] = wall_s
     return out

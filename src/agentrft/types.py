@@ -56,6 +56,7 @@ class ToolErrorKind(str, enum.Enum):
     GUARDRAIL = "guardrail"  # a policy (allow-list, per-tool cap, ...) refused it
     TOOL_ERROR = "tool_error"  # the tool reported an error itself (e.g. HTTP 4xx)
     INFRASTRUCTURE = "infrastructure"  # transport failed after retries (not the model's fault)
+    SCHEMA_VIOLATION = "schema_violation"  # a schema-only call's arguments fall outside its schema (kept, graded)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -32,20 +32,59 @@ def _fail(message: str) -> None:
     fail(message)
 
 
-def _json_or_file(value: str, what: str, text_ok: bool = False) -> Any:
-    """A JSON value given inline or as a file path; with ``text_ok``, other text is the output text."""
-    path = Path(value)
-    if path.is_file():
-        value = path.read_text()
+def _is_file(value: str) -> bool:
+    """Whether ``value`` names a file; text that cannot be a path (too long, NUL bytes) does not."""
     try:
-        data = json.loads(value)
+        return Path(value).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _json_or_file(value: str, what: str) -> dict[str, Any]:
+    """A JSON object given inline or as a file path."""
+    if _is_file(value):
+        value = Path(value).read_text()
+    return _json_object(value, what)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError:
         data = None
-    if isinstance(data, dict):
-        return data
-    if text_ok:
-        return {"output_text": value}
-    _fail(f"{what} must be a JSON object or a file holding one")
+    if not isinstance(data, dict):
+        _fail(f"{what} must be a JSON object")
+    return data
+
+
+SAMPLE_KEYS = {"output_text", "output_json", "output_tools", "trajectory", "trace_id"}
+
+
+def _run_sample(text: str | None, text_file: IO[str] | None, obj: str | None, obj_file: IO[str] | None) -> Any:
+    """What ``run`` grades: the output text (OpenAI's ``model_sample``) or, from the object flags, a sample dict."""
+    given = [flag for flag, v in (("--sample", text), ("--sample-file", text_file), ("--sample-object", obj),
+                                  ("--sample-object-file", obj_file)) if v is not None]
+    if len(given) != 1:
+        _fail("give exactly one of --sample, --sample-file, --sample-object, --sample-object-file"
+              + (f" (got {', '.join(given)})" if given else ""))
+    if obj is not None:
+        return _json_object(obj, "--sample-object")
+    if obj_file is not None:
+        return _json_object(obj_file.read(), f"--sample-object-file {obj_file.name}")
+    if text_file is not None:
+        return text_file.read()
+    # Until this release --sample read a sample object or a file path; both now grade as the output text.
+    # A value that looks like the old use gets a hint on stderr, never a different meaning.
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, dict) and data and set(data) <= SAMPLE_KEYS:
+        click.echo("note: --sample is the model's output text; to grade a sample object use --sample-object",
+                   err=True)
+    elif _is_file(text):
+        click.echo("note: --sample is the model's output text; to read it from a file use --sample-file", err=True)
+    return text
 
 
 def _read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -104,13 +143,31 @@ def validate_cmd(spec: str) -> None:
 
 @grader.command("run")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--sample", "sample_arg", required=True, help="Sample JSON (inline or file); other text is the output text.")
+@click.option("--sample", "sample_text", default=None,
+              help="The model's output text (OpenAI's model_sample), taken as-is, JSON or not.")
+@click.option("--sample-file", type=click.File("r", encoding="utf-8"), default=None,
+              help="Read the output text from this file ('-': stdin), verbatim (a trailing newline counts).")
+@click.option("--sample-object", "sample_object", default=None,
+              help="A whole sample as JSON: output_text, output_json, output_tools, trajectory, ...")
+@click.option("--sample-object-file", type=click.File("r", encoding="utf-8"), default=None,
+              help="Read the whole sample JSON object from this file ('-': stdin).")
 @click.option("--item", "item_arg", default="{}", show_default=True, help="Dataset row JSON (inline or file).")
 @judge_options
-def run_cmd(spec: str, sample_arg: str, item_arg: str, **judge: Any) -> None:
-    """Grade one sample and print the result JSON (shaped like OpenAI's graders/run)."""
+def run_cmd(spec: str, sample_text: str | None, sample_file: IO[str] | None, sample_object: str | None,
+            sample_object_file: IO[str] | None, item_arg: str, **judge: Any) -> None:
+    """Grade one sample and print the result JSON (shaped like OpenAI's graders/run).
+
+    As in OpenAI's graders/run, the sample is the model's output text: --sample (or --sample-file) fills
+    sample.output_text, and sample.output_json when that text is valid JSON. So --sample '{"name": "x"}'
+    grades an output that is that JSON. To set output_tools, trajectory or other fields, give the whole sample
+    object with --sample-object (or --sample-object-file) instead.
+
+    Changed: --sample used to take a sample object or a file path as well as text; JSON text and file names
+    are now output text like any other (a note on stderr points to --sample-object / --sample-file).
+    """
+    sample = _run_sample(sample_text, sample_file, sample_object, sample_object_file)
     g = _load(spec, **judge)
-    grade = g.grade(_json_or_file(sample_arg, "--sample", text_ok=True), _json_or_file(item_arg, "--item"))
+    grade = g.grade(sample, _json_or_file(item_arg, "--item"))
     click.echo(json.dumps(grade.to_dict(), indent=2))
 
 

@@ -68,7 +68,8 @@ def task_options(f):
     """Which model rolls out on which tasks: shared by ``eval`` and ``rollout``."""
     for option in reversed([
         click.option("--model", default="smollm2-135m", show_default=True, help=MODEL_HELP),
-        click.option("--env", "env_name", default="finance", show_default=True, help="Built-in environment."),
+        click.option("--env", "env_name", default=None,
+                     help="Built-in environment (default: finance; with --data, none: the rows' own tools)."),
         click.option("--split", default="validation", show_default=True),
         chat_format_option,
     ]):
@@ -76,7 +77,22 @@ def task_options(f):
     return f
 
 
-def run_eval(model: str, env_name: str, split: str, limit: int | None, samples: int, out: str, batch_size: int,
+def data_options(f):
+    """Your own tasks, tools and grader: shared by ``eval`` and ``rollout``."""
+    for option in reversed([
+        click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="JSONL task file (OpenAI RFT format) instead of a built-in split; without --env its rows "
+                          "run with their own tools only (needs --grader)."),
+        click.option("--tools", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="tools.yaml: HTTP tool endpoints (Agent RFT wire format) and MCP servers for --data tasks."),
+        click.option("--grader", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Grader spec (OpenAI JSON) to score with."),
+    ]):
+        f = option(f)
+    return f
+
+
+def run_eval(model: str, env_name: str | None, split: str, limit: int | None, samples: int, out: str, batch_size: int,
              rollout: RolloutConfig, chat_format: str, data: str | None = None, tools: str | None = None,
              grader: str | None = None, quiet: bool = False) -> dict:
     """Roll out, grade and summarise; writes ``summary.json`` and ``trajectories.jsonl`` to ``out``."""
@@ -95,32 +111,54 @@ def run_eval(model: str, env_name: str, split: str, limit: int | None, samples: 
         graded = evaluate_rows(rows, source.env, sampler, cf, rollout, samples=samples, batch_size=batch_size,
                                progress=bar.update)
     summary = summarize(graded, wall_s=time.perf_counter() - t0)
-    summary.update(model=model, env=source.env.name, split=str(data) if data else split, samples=samples)
+    summary.update(model=model, env=source.env.name, env_description=source.env.description,
+                   split=str(data) if data else split, samples=samples)
     write_eval_outputs(out, graded, summary)
     return summary
 
 
 def print_summary_table(rows: dict[str, dict]) -> None:
-    """One column per stage/run: reward, accuracy, tool calls, tool errors, tokens, wall time."""
-    metrics = [
-        ("reward_mean", "mean reward", "{:.3f}"),
-        ("accuracy", "accuracy", "{:.1%}"),
-        ("tool_calls_per_rollout", "tool calls / rollout", "{:.2f}"),
-        ("tool_call_rate", "rollouts with a tool call", "{:.1%}"),
-        ("tool_error_rate", "tool error rate", "{:.1%}"),
-        ("tokens_mean", "tokens / rollout", "{:.0f}"),
-        ("latency_s_mean", "latency / rollout (s)", "{:.2f}"),
-        ("wall_s", "wall time (s)", "{:.1f}"),
+    """One column per stage/run: reward, accuracy, exact/partial counts, tool calls, tool errors, tokens, time;
+    then one line per category for each run whose summary has ``by_category``.
+
+    Two times per rollout, because batching makes them differ: "wall time / rollout" is the eval's wall time
+    over its rollouts (``seconds_per_rollout``); "time in batch / rollout" is the mean time from a rollout's
+    batch start to its own end (``rollout_span_s_mean``), which counts the lockstep decoding of the whole
+    batch and so is not the latency one rollout would see alone.
+    """
+    metrics = [  # (summary keys, first present wins: older summaries have only latency_s_mean), label, format
+        (("reward_mean",), "mean reward", "{:.3f}"),
+        (("accuracy",), "accuracy", "{:.1%}"),
+        (("exact",), "exact (reward >= threshold)", "{:.0f}"),
+        (("partial",), "partial credit", "{:.0f}"),
+        (("zero",), "zero reward", "{:.0f}"),
+        (("tool_calls_per_rollout",), "tool calls / rollout", "{:.2f}"),
+        (("tool_call_rate",), "rollouts with a tool call", "{:.1%}"),
+        (("tool_error_rate",), "tool error rate", "{:.1%}"),
+        (("schema_violations",), "schema violations", "{:.0f}"),
+        (("tokens_mean",), "tokens / rollout", "{:.0f}"),
+        (("rollout_span_s_mean", "latency_s_mean"), "time in batch / rollout (s)", "{:.2f}"),
+        (("seconds_per_rollout",), "wall time / rollout (s)", "{:.2f}"),
+        (("wall_s",), "wall time (s)", "{:.1f}"),
     ]
+
+    def cell(summary: dict, keys: tuple[str, ...], fmt: str) -> str:
+        v = next((summary[k] for k in keys if k in summary), None)
+        return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
     names = list(rows)
     width = max(len(m[1]) for m in metrics) + 2
     click.echo("".ljust(width) + "".join(n.rjust(14) for n in names))
-    for key, label, fmt in metrics:
-        cells = []
-        for n in names:
-            v = rows[n].get(key)
-            cells.append((fmt.format(v) if isinstance(v, (int, float)) else "-").rjust(14))
-        click.echo(label.ljust(width) + "".join(cells))
+    for keys, label, fmt in metrics:
+        click.echo(label.ljust(width) + "".join(cell(rows[n], keys, fmt).rjust(14) for n in names))
+    for n in names:
+        by_category = rows[n].get("by_category") or {}
+        if by_category:
+            click.echo(f"by category ({n}):" if len(names) > 1 else "by category:")
+        for category, c in by_category.items():
+            lo, hi = c["accuracy_ci95"]
+            click.echo(f"  {category}: n={c['n']}  accuracy {c['accuracy']:.1%} [{lo:.1%}, {hi:.1%}]  "
+                       f"mean reward {c['reward_mean']:.3f}  tool calls / rollout {c['tool_calls_per_rollout']:.2f}")
 
 
 @click.command("eval")
@@ -129,15 +167,10 @@ def print_summary_table(rows: dict[str, dict]) -> None:
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N tasks.")
 @click.option("--samples", type=int, default=1, show_default=True, help="Rollouts per task.")
 @click.option("--batch-size", type=int, default=EVAL_BATCH_SIZE, show_default=True, help="Rollouts sampled together.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="JSONL task file (OpenAI RFT format) instead of a built-in split.")
-@click.option("--tools", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="tools.yaml: HTTP tool endpoints (Agent RFT wire format) and MCP servers for --data tasks.")
-@click.option("--grader", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Grader spec (OpenAI JSON) to score with.")
+@data_options
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Writes summary.json and trajectories.jsonl here.")
-def eval_cmd(model: str, env_name: str, split: str, chat_format: str, limit: int | None, samples: int,
+def eval_cmd(model: str, env_name: str | None, split: str, chat_format: str, limit: int | None, samples: int,
              batch_size: int, data: str | None, tools: str | None, grader: str | None, out: str,
              **options: Any) -> None:
     """Roll out MODEL on an environment's tasks (or your --data with --tools and --grader), grade, and summarise."""
@@ -147,6 +180,7 @@ def eval_cmd(model: str, env_name: str, split: str, chat_format: str, limit: int
                            tools=tools, grader=grader)
     except AgentRFTError as e:
         fail(e)
+    click.echo(f"environment: {summary['env']} ({summary['env_description']})")
     print_summary_table({"eval": summary})
     click.echo(f"wrote {Path(out) / 'summary.json'} and {Path(out) / 'trajectories.jsonl'}")
 
@@ -173,10 +207,11 @@ def render_token_kinds(traj, decode, color: bool) -> str:
 @click.command("rollout")
 @task_options
 @rollout_options(EVAL_DEFAULTS)
-@click.option("--index", type=int, default=0, show_default=True, help="Which task of the split.")
+@data_options
+@click.option("--index", type=int, default=0, show_default=True, help="Which task of the split (or of --data).")
 @click.option("--json", "as_json", is_flag=True, help="Print the trajectory record as JSON.")
-def rollout_cmd(model: str, env_name: str, split: str, chat_format: str, index: int, as_json: bool,
-                **options: Any) -> None:
+def rollout_cmd(model: str, env_name: str | None, split: str, chat_format: str, data: str | None, tools: str | None,
+                grader: str | None, index: int, as_json: bool, **options: Any) -> None:
     """Roll out one task and pretty-print the trajectory with token kinds visible."""
     from agentrft.envs.registry import task_source
     from agentrft.evaluation import grade_safely
@@ -184,9 +219,10 @@ def rollout_cmd(model: str, env_name: str, split: str, chat_format: str, index: 
 
     try:
         rollout = pop_rollout_config(options)
-        source = task_source(env_name, split)
+        source = task_source(env_name, split, data, tools, grader)
         if not 0 <= index < len(source.rows):
-            raise AgentRFTError(f"--index {index} out of range: split {split!r} has {len(source.rows)} tasks")
+            raise AgentRFTError(f"--index {index} out of range: {data or 'split ' + repr(split)} has "
+                                f"{len(source.rows)} tasks")
         row = source.rows[index]
         sampler, cf = sampler_and_format(model, chat_format)
         (traj,) = run_episodes([row], source.env.make_env, sampler, cf, rollout)

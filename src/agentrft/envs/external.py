@@ -14,7 +14,10 @@ endpoints and MCP servers, and their grader JSON, all used unchanged::
 
 Endpoint tools take their schemas from the row (matched by name); MCP tools
 bring their own; row tools that nothing implements are schema-only (the
-episode ends at the call: OpenAI's function-calling mode). One pooled HTTP
+episode ends at the call: OpenAI's function-calling mode). Without a
+tools.yaml this is the generic ``data`` environment every ``--data`` run (and
+every job on data files without ``data.env``) uses: the rows' tools and
+messages, nothing of ours. One pooled HTTP
 client per endpoint serves the whole run; one MCP session per rollout.
 """
 
@@ -96,12 +99,16 @@ class ExternalToolsEnvironment(Environment):
         return tools
 
 
-def external_env_spec(rows: list[TaskRow], tools: ToolsConfig, grade, name: str = "external") -> EnvSpec:
-    """An EnvSpec over in-memory rows, external tools and a grade function."""
+def external_env_spec(rows: list[TaskRow], tools: ToolsConfig, grade, name: str = "data") -> EnvSpec:
+    """The generic environment of a task file: each row's own ``tools`` (schema-only unless an endpoint or
+    MCP server of ``tools`` implements them), no system prompt or tool of ours, and ``grade``."""
     clients = endpoint_clients(tools.endpoints)
+    served = [f"{len(tools.endpoints)} HTTP endpoint(s)"] if tools.endpoints else []
+    served += [f"{len(tools.mcp_servers)} MCP server(s)"] if tools.mcp_servers else []
     return EnvSpec(
         name=name,
-        description="tasks from a file; tools from HTTP endpoints and MCP servers",
+        description="the rows' own tools" + (f", served by {' and '.join(served)}" if served else
+                                             " (schema-only: the calls are the output)"),
         splits=("data",),
         load_split=lambda split: list(rows),
         make_env=lambda row: ExternalToolsEnvironment(tools, clients),

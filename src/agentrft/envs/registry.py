@@ -71,13 +71,21 @@ class TaskSource:
     """:class:`~agentrft.datasets.RowError` of each bad row of ``data`` (file, line, reason)."""
 
 
-def task_source(env_name: str, split: str, data: str | None = None, tools: str | None = None,
+def task_source(env_name: str | None, split: str, data: str | None = None, tools: str | None = None,
                 grader: str | None = None) -> TaskSource:
     """An environment's split, or your task file (``data``) with your tool servers (``tools``) and grader spec.
 
-    ``grader`` replaces the environment's default grader; ``tools`` (a tools.yaml) needs ``data`` and
-    ``grader``, and runs the file's tasks against those tool servers instead of a built-in environment.
+    With ``data`` and no ``env_name``, the rows run in the generic ``data`` environment: each row's own
+    ``tools`` (schema-only ones end the episode with the calls as the output, as OpenAI's function-calling
+    RFT does), the servers of ``tools`` (a tools.yaml), and nothing of ours in the prompt; ``grader`` is then
+    required. ``env_name`` with ``data`` runs your rows in that built-in environment. Without ``data``,
+    ``env_name`` defaults to ``finance``. ``grader`` replaces the environment's default grader.
     """
+    if tools and not data:
+        raise ConfigError("--tools gives the tools of your --data tasks; it needs --data")
+    if tools and env_name:
+        raise ConfigError(f"--tools gives the tools of your --data tasks; --env {env_name} brings its own tools: "
+                          "give one of them")
     rows, skipped = None, []
     if data:
         from agentrft.datasets import load_jsonl_dataset
@@ -89,12 +97,15 @@ def task_source(env_name: str, split: str, data: str | None = None, tools: str |
         from agentrft.graders import load_grader
 
         grade = load_grader(grader).grade  # (trajectory, row) -> Grade
-    if tools:
+    if rows is not None and env_name is None:
         from agentrft.envs.external import external_env_spec, load_tools_config
 
-        if rows is None or grade is None:
-            raise ConfigError("--tools needs --data (the tasks) and --grader (the reward)")
+        if grade is None:
+            raise ConfigError("--data without --env runs your rows with their own tools and grades them with your "
+                              "grader: give --grader (an OpenAI grader spec), or --env NAME to use a built-in "
+                              "environment and its grader")
         return TaskSource(external_env_spec(rows, load_tools_config(tools), grade), rows, skipped)
+    env_name = env_name or "finance"
     env = get_env(env_name)
     if grade is not None:
         env = dataclasses.replace(env, grade=grade)

@@ -211,7 +211,12 @@ def _close_turn(lv: _Live, chat_format: ChatFormat) -> None:
 
 
 def _run_tools(active: list[_Live], chat_format: ChatFormat, config: RolloutConfig, turn: int) -> None:
-    to_run: list[tuple[_Live, list]] = []
+    """Run each active rollout's tool calls of this turn, record them, and end or continue the rollout.
+
+    A turn that calls a schema-only tool is the rollout's output (OpenAI's function-calling mode): its
+    implemented calls still run and are recorded, its schema-only calls are recorded unrun (with any
+    schema violation), and the rollout ends with every call of the turn in its final message."""
+    to_run: list[tuple[_Live, list, list]] = []  # (rollout, calls to run, schema-only calls)
     for lv in active:
         if lv.done:
             continue
@@ -220,37 +225,39 @@ def _run_tools(active: list[_Live], chat_format: ChatFormat, config: RolloutConf
             _close_turn(lv, chat_format)
             lv.traj.stop_reason = StopReason.ANSWER
             lv.done = True
-        elif parsed.tool_calls and lv.executor.schema_only_called(parsed.tool_calls):
-            # OpenAI RFT function-calling mode: the calls themselves are the output.
-            _close_turn(lv, chat_format)
-            lv.traj.stop_reason = StopReason.TOOL_CALLS_OUTPUT
-            lv.done = True
-        else:
-            to_run.append((lv, parsed.tool_calls))
+            continue
+        outputs = [c for c in parsed.tool_calls if lv.executor.is_schema_only(c)]
+        to_run.append((lv, [c for c in parsed.tool_calls if not lv.executor.is_schema_only(c)], outputs))
     if not to_run:
         return
 
     async def run_all():
-        return await asyncio.gather(*(lv.executor.aexecute(calls, turn) for lv, calls in to_run))
+        return await asyncio.gather(*(lv.executor.aexecute(calls, turn) for lv, calls, _ in to_run))
 
     t0 = time.perf_counter()
     results: list[list[ToolCallRecord]] = run_sync(run_all())
     dt = time.perf_counter() - t0
-    for (lv, _calls), records in zip(to_run, results):
+    for (lv, _calls, outputs), executed in zip(to_run, results):
         traj = lv.traj
         traj.timings["tools_s"] += dt
         parsed = lv.pending
-        records = list(records) + [lv.executor.record_parse_error(raw, msg, turn) for raw, msg in _parse_error_pairs(parsed)]
+        by_id = {id(r.call): r for r in list(executed) + lv.executor.record_output_calls(outputs, turn)}
+        records = [by_id[id(c)] for c in parsed.tool_calls]  # in the order the model wrote them
+        records += [lv.executor.record_parse_error(raw, msg, turn) for raw, msg in _parse_error_pairs(parsed)]
         traj.tool_calls.extend(records)
         tool_messages = [
             {"role": "tool", "tool_call_id": r.call.id, "name": r.call.name, "content": r.result or ""}
             for r in records
         ]
-        traj.messages.extend(tool_messages)
+        if not outputs:  # with schema-only calls the calls are the output; nothing is shown back
+            traj.messages.extend(tool_messages)
         _close_turn(lv, chat_format)
         if any(r.error is not None and r.error.kind == ToolErrorKind.INFRASTRUCTURE for r in records):
             traj.stop_reason = StopReason.INFRA_ERROR
             traj.errors.append(TrajectoryError("infrastructure", "a tool transport failed after retries", turn))
+            lv.done = True
+        elif outputs:
+            traj.stop_reason = StopReason.TOOL_CALLS_OUTPUT
             lv.done = True
         elif lv.env is not None and lv.env.done:
             traj.stop_reason = StopReason.ENV_DONE

@@ -39,6 +39,13 @@ hang (network, subprocesses) should enforce their own timeouts as well.
 Malformed tool calls never reach the executor as calls; the rollout loop
 records them with :meth:`ToolExecutor.record_parse_error` (not counted against
 the budget: nothing was attempted that could run).
+
+Schema-only tools (declared by a row's ``tools``, implemented nowhere: OpenAI's
+function-calling mode) are never run: a call to one is the rollout's output.
+:meth:`ToolExecutor.record_output_calls` records each such call (no result;
+``SCHEMA_VIOLATION`` when its arguments fail the schema, while the call itself
+still goes to the grader unchanged, as OpenAI passes it), so every calls metric
+counts them like any other call.
 """
 
 from __future__ import annotations
@@ -130,9 +137,34 @@ class ToolExecutor:
 
     def schema_only_called(self, calls: Sequence[ToolCall]) -> bool:
         """True if any call targets a tool without an implementation (the calls are the rollout's output)."""
-        return any(
-            c.name in self.tools and not getattr(self.tools[c.name], "has_implementation", True) for c in calls
-        )
+        return any(self.is_schema_only(c) for c in calls)
+
+    def is_schema_only(self, call: ToolCall) -> bool:
+        """Whether ``call`` targets a tool declared by schema only (its call is an output, not an action)."""
+        return call.name in self.tools and not getattr(self.tools[call.name], "has_implementation", True)
+
+    def record_output_calls(self, calls: Sequence[ToolCall], turn: int) -> list[ToolCallRecord]:
+        """Records of schema-only calls, which are not run: arguments checked against the tool's schema."""
+        records = []
+        for call in calls:
+            problems = sorted(self._validators[call.name].iter_errors(call.arguments), key=relevance, reverse=True)
+            messages = [self._schema_message(problems)] if problems else []
+            undeclared = self._undeclared_arguments(call)
+            if undeclared:
+                messages.append(f"{', '.join(map(repr, undeclared))} not among the parameters of {call.name!r}")
+            error = ToolError(ToolErrorKind.SCHEMA_VIOLATION, self._cut("; ".join(messages))) if messages else None
+            records.append(ToolCallRecord(call=call, turn=turn, result="", error=error))
+        return records
+
+    def _undeclared_arguments(self, call: ToolCall) -> list[str]:
+        """Argument names the schema does not declare, when it lists its parameters and does not say
+        ``additionalProperties`` (JSON Schema would allow them; for a function they are a wrong name)."""
+        schema = self.tools[call.name].schema()
+        params = schema.get("function", schema).get("parameters") or {}
+        props = params.get("properties")
+        if not isinstance(props, dict) or "additionalProperties" in params:
+            return []
+        return [k for k in call.arguments if k not in props]
 
     def record_parse_error(self, raw_text: str, message: str, turn: int) -> ToolCallRecord:
         """The record of a tool call the model wrote but that could not be parsed."""
@@ -174,10 +206,7 @@ class ToolExecutor:
             return ToolError(ToolErrorKind.UNKNOWN_TOOL, f"unknown tool {call.name!r}; available tools: {available}")
         problems = sorted(self._validators[call.name].iter_errors(call.arguments), key=relevance, reverse=True)
         if problems:
-            shown = [describe_schema_error(e) for e in problems[:MAX_SCHEMA_ERRORS_SHOWN]]
-            if len(problems) > MAX_SCHEMA_ERRORS_SHOWN:
-                shown.append(f"and {len(problems) - MAX_SCHEMA_ERRORS_SHOWN} more")
-            return ToolError(ToolErrorKind.INVALID_ARGUMENTS, "; ".join(shown))
+            return ToolError(ToolErrorKind.INVALID_ARGUMENTS, self._schema_message(problems))
         if self.guardrails is not None and self.guardrail_state is not None:
             refused = self.guardrails.check(call, self.guardrail_state)
             if refused is not None:
@@ -201,6 +230,13 @@ class ToolExecutor:
             # must fail this call only, not the whole turn's gather.
             return "", ToolError(ToolErrorKind.EXCEPTION, f"CancelledError: {e}" if str(e) else "CancelledError")
         return result_text(value), None
+
+    @staticmethod
+    def _schema_message(problems: list) -> str:
+        shown = [describe_schema_error(e) for e in problems[:MAX_SCHEMA_ERRORS_SHOWN]]
+        if len(problems) > MAX_SCHEMA_ERRORS_SHOWN:
+            shown.append(f"and {len(problems) - MAX_SCHEMA_ERRORS_SHOWN} more")
+        return "; ".join(shown)
 
     def _cut(self, text: str) -> str:
         return truncate_text(text, self.limits.max_output_chars)

@@ -13,12 +13,18 @@ import random
 from typing import Any
 
 from agentrft.rollout.episode import normalize_messages
+from agentrft.tools.schema import normalize_function_schema
 from agentrft.types import Message, Trajectory
 
 
 def demonstration_trajectory(messages: list[Message], tools: list[dict] | None, chat_format, task_id: str = "") -> Trajectory:
-    """Token record of a complete conversation; assistant turns are the trainable tokens."""
+    """Token record of a complete conversation; assistant turns are the trainable tokens (an assistant
+    message with ``weight: 0``, as in OpenAI's supervised format, is shown but not trained).
+
+    Tool schemas are offered in the prompt the way a rollout offers them (each normalised as the
+    rollout's schema-only tools are), so a model trained here sees at inference the prompt it learned on."""
     msgs = normalize_messages(messages)
+    tools = [normalize_function_schema(t) for t in tools] if tools else None
     first = next((i for i, m in enumerate(msgs) if m["role"] == "assistant"), None)
     if first is None:
         raise ValueError("a demonstration needs at least one assistant message")
@@ -30,7 +36,10 @@ def demonstration_trajectory(messages: list[Message], tools: list[dict] | None, 
         if m["role"] != "assistant":
             raise ValueError(f"message {i}: expected an assistant turn, got {m['role']!r}")
         body = list(chat_format.assistant_tokens(m))
-        traj.append_tokens(body, "sampled", [0.0] * len(body))
+        if m.get("weight", 1) == 0:
+            traj.append_tokens(body, "env")
+        else:
+            traj.append_tokens(body, "sampled", [0.0] * len(body))
         traj.append_tokens(chat_format.turn_end_tokens(body), "env")
         traj.turns += 1
         j = i + 1
@@ -40,6 +49,25 @@ def demonstration_trajectory(messages: list[Message], tools: list[dict] | None, 
             traj.append_tokens(chat_format.followup_tokens(msgs[i + 1 : j]), "env")
         i = j
     return traj
+
+
+def supervised_trajectory(row: dict[str, Any], chat_format) -> Trajectory:
+    """A row of OpenAI's supervised format (``messages`` with the assistant targets, ``tools``) as a
+    token record."""
+    return demonstration_trajectory(row["messages"], row.get("tools"), chat_format, str(row.get("id", "")))
+
+
+def preference_pair(row: dict[str, Any], chat_format) -> tuple[Trajectory, Trajectory]:
+    """A row of OpenAI's preference format (``input``, ``preferred_output``, ``non_preferred_output``), or
+    the older ``{"prompt", "chosen", "rejected"}`` message lists, as (chosen, rejected) token records."""
+    task_id = str(row.get("id", ""))
+    if "input" in row:
+        prompt, tools = row["input"]["messages"], row["input"].get("tools")
+        chosen, rejected = row["preferred_output"], row["non_preferred_output"]
+    else:
+        prompt, tools, chosen, rejected = row["prompt"], row.get("tools"), row["chosen"], row["rejected"]
+    return (demonstration_trajectory(prompt + chosen, tools, chat_format, task_id),
+            demonstration_trajectory(prompt + rejected, tools, chat_format, task_id))
 
 
 def mine_pairs(groups: list[list[tuple[Trajectory, float]]], min_margin: float = 0.1) -> list[tuple[Trajectory, Trajectory]]:
@@ -97,4 +125,4 @@ def steps_per_epoch(n_items: int, batch_size: int) -> int:
     return max(1, -(-n_items // batch_size))
 
 
-__all__ = ["demonstration_trajectory", "mine_pairs", "pairs_from_records", "cycle_batches", "steps_per_epoch"]
+__all__ = ["demonstration_trajectory", "preference_pair", "supervised_trajectory", "mine_pairs", "pairs_from_records", "cycle_batches", "steps_per_epoch"]

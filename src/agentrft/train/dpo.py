@@ -23,7 +23,7 @@ from agentrft.config import JobConfig
 from agentrft.errors import ConfigError
 from agentrft.models.policy import Policy
 from agentrft.tools.environment import EnvSpec
-from agentrft.train.demonstrations import demonstration_trajectory
+from agentrft.train.demonstrations import preference_pair
 from agentrft.train.context import TrainContext
 from agentrft.train.optim import optimizer_step
 from agentrft.train.sft import demonstrations_for
@@ -61,16 +61,11 @@ def _pairs_from_run(cfg: JobConfig) -> list:
 class DPOMethod:
     def prepare(self, cfg: JobConfig, policy: Policy, env: EnvSpec, train_rows: list[TaskRow]) -> list:
         d = cfg.data
-        if d.pairs_file:
-            from agentrft.datasets import read_jsonl_objects
+        if d.pairs_source():
+            from agentrft.datasets import load_jsonl_dataset
 
-            pairs = []
-            for obj in read_jsonl_objects(d.pairs_file):
-                tools = obj.get("tools")
-                chosen = demonstration_trajectory(obj["prompt"] + obj["chosen"], tools, policy.chat_format)
-                rejected = demonstration_trajectory(obj["prompt"] + obj["rejected"], tools, policy.chat_format)
-                pairs.append((chosen, rejected))
-            return pairs
+            rows = load_jsonl_dataset(d.pairs_source(), kind="preference").rows
+            return [preference_pair(row, policy.chat_format) for row in rows]
         if d.pairs_from_run:
             return _pairs_from_run(cfg)
         chosen = demonstrations_for(env, policy.chat_format, train_rows, d.demonstrations)

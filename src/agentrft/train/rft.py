@@ -117,7 +117,7 @@ class RFTMethod:
             "tool_errors_per_rollout": sum(trajs[i].num_tool_errors for i in ok) / n_ok,
             "tokens_mean": sum(trajs[i].num_tokens for i in ok) / n_ok,
             "sampled_tokens_mean": sum(trajs[i].num_sampled_tokens for i in ok) / n_ok,
-            "latency_s_mean": sum(trajs[i].timings.get("total_s", 0.0) for i in ok) / n_ok,
+            "rollout_span_s_mean": sum(trajs[i].timings.get("total_s", 0.0) for i in ok) / n_ok,  # time in the lockstep batch
             "infra_failures": float(len(trajs) - len(ok)),
             "grader_errors": float(sum(g.has_error for g in grades)),
             "zero_variance_groups": float(sum(zero_var)),

@@ -111,7 +111,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_rows(env: EnvSpec, split: str, file: str | None, limit: int | None) -> list[dict]:
+def load_rows(env: EnvSpec | None, split: str, file: str | None, limit: int | None) -> list[dict]:
     if file:
         from agentrft.datasets import load_jsonl_dataset
 
@@ -123,19 +123,33 @@ def load_rows(env: EnvSpec, split: str, file: str | None, limit: int | None) -> 
     return rows[:limit] if limit else rows
 
 
+def data_files(cfg: JobConfig) -> list[tuple[str, str]]:
+    """``(path, kind)`` of each JSONL file the job reads, with the OpenAI format it must be in: ``task``
+    (RFT and eval tasks), ``supervised`` (SFT demonstrations), ``preference`` (DPO pairs)."""
+    d = cfg.data
+    files = []
+    if cfg.method == Method.SFT and d.demonstrations_source():
+        files.append((d.demonstrations_source(), "supervised"))
+    if cfg.method == Method.DPO and d.pairs_source():
+        files.append((d.pairs_source(), "preference"))
+    if d.train_file and d.train_file not in dict(files):
+        files.append((d.train_file, "task"))
+    if d.eval_file:
+        files.append((d.eval_file, "task"))
+    return list(dict(files).items())
+
+
 def check_data_files(cfg: JobConfig) -> dict[str, list]:
-    """Validate every JSONL file the job reads as rows (``data.train_file``, ``eval_file``,
-    ``demonstrations_file``). Any invalid row stops the job with all of them listed, unless
+    """Validate every JSONL file the job reads (:func:`data_files`), each against its OpenAI format.
+    Any invalid row stops the job with all of them listed, unless
     ``data.skip_invalid_rows``; then returns ``{file: [RowError, ...]}`` of the rows that will be skipped."""
     from agentrft.datasets import MAX_ERRORS_LISTED, load_jsonl_dataset
 
     found: dict[str, list] = {}
-    for key in ("train_file", "eval_file", "demonstrations_file"):
-        path = getattr(cfg.data, key)
-        if path and path not in found:
-            errors = load_jsonl_dataset(path).errors  # a file with no valid row at all raises here
-            if errors:
-                found[path] = errors
+    for path, kind in data_files(cfg):
+        errors = load_jsonl_dataset(path, kind=kind).errors  # a file with no valid row at all raises here
+        if errors:
+            found[path] = errors
     if found and not cfg.data.skip_invalid_rows:
         lines = [f"  {e}" for errors in found.values() for e in errors]
         more = len(lines) - MAX_ERRORS_LISTED
@@ -184,7 +198,55 @@ def _pin_cpu_matmul(cfg: JobConfig, store: RunStore) -> JobConfig:
     return cfg
 
 
-def _reward(cfg: JobConfig, env: EnvSpec, grade: GradeFn | None) -> GradeFn:
+def _tasks(cfg: JobConfig, grade: GradeFn | None) -> tuple[EnvSpec, list[dict], list[dict], GradeFn]:
+    """The environment, training tasks, validation tasks and reward of the job.
+
+    Without ``data.env``, a job on data files runs its rows with their own tools (plus ``tools``
+    servers): :func:`~agentrft.envs.external.external_env_spec`, no prompt or tool of ours."""
+    d = cfg.data
+    name = d.env_name()
+    if name is not None:
+        env = get_env(name)
+        reward = _reward(cfg, env, grade)
+        train_rows = load_rows(env, d.train_split, _task_file(cfg), d.limit_train)
+        eval_rows = load_rows(env, d.eval_split, d.eval_file, d.limit_eval)[: cfg.training.eval_samples]
+        return env, train_rows, eval_rows, reward
+    from agentrft.envs.external import external_env_spec, load_tools_config
+
+    reward = _reward(cfg, None, grade) if (grade is not None or cfg.grader is not None) else _no_reward
+    file = _task_file(cfg)
+    train_rows = load_rows(None, d.train_split, file, d.limit_train) if file else []
+    if cfg.method == Method.RFT and not train_rows:
+        raise ConfigError("method 'rft' without data.env needs data.train_file (the tasks to roll out)")
+    eval_rows = load_rows(None, d.eval_split, d.eval_file, d.limit_eval) if d.eval_file else []
+    env = external_env_spec(train_rows, load_tools_config(cfg.tools), reward)
+    return env, train_rows, eval_rows[: cfg.training.eval_samples], reward
+
+
+def _check_reward_source(cfg: JobConfig, grade: GradeFn | None) -> None:
+    """A job on data files without ``data.env`` has no grader of ours: RFT and its evals need the user's."""
+    d = cfg.data
+    needs_reward = cfg.method == Method.RFT or (cfg.training.eval_samples > 0 and d.eval_file)
+    if d.env_name() is None and needs_reward and grade is None and cfg.grader is None:
+        raise ConfigError("a job on your data files without data.env grades with your grader: set 'grader' (an "
+                          "OpenAI grader spec), or name a built-in environment in data.env to use its grader")
+
+
+def _task_file(cfg: JobConfig) -> str | None:
+    """``data.train_file`` when it holds tasks (not the SFT demonstrations or DPO pairs themselves)."""
+    d = cfg.data
+    if cfg.method == Method.SFT and d.demonstrations_source() == d.train_file:
+        return None
+    if cfg.method == Method.DPO and d.pairs_source() == d.train_file:
+        return None
+    return d.train_file
+
+
+def _no_reward(trajectory, row):
+    raise ConfigError("this job has no grader (set 'grader' to evaluate it)")
+
+
+def _reward(cfg: JobConfig, env: EnvSpec | None, grade: GradeFn | None) -> GradeFn:
     """The reward: a Python function from the caller, else the config's grader spec, else the environment's."""
     if grade is not None and cfg.grader is not None:
         raise ConfigError("give the reward either as a grader spec in the config or as a function, not both")
@@ -207,7 +269,8 @@ def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, g
         raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another out_dir")
     if rebuild_store and not resume:
         raise ConfigError("--rebuild-store recovers a run's damaged store to resume it; it needs --resume")
-    invalid = check_data_files(cfg)  # before the run directory exists: a refused job leaves nothing behind
+    _check_reward_source(cfg, grade)  # before the run directory exists: a refused job leaves nothing behind
+    invalid = check_data_files(cfg)
     lock = RunDirectoryLock(run_dir).acquire()  # released by run_job; a second job here is refused
     try:
         return _setup_locked(cfg, run_dir, lock, invalid, resume=resume, model=model, tokenizer=tokenizer,
@@ -237,17 +300,10 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, invalid
     cfg = _pin_cpu_matmul(cfg, store)
     seed_everything(cfg.seed)
 
-    env = get_env(cfg.data.env)
-    reward = _reward(cfg, env, grade)
+    env, train_rows, eval_rows, reward = _tasks(cfg, grade)
     policy = build_policy(cfg, model, tokenizer)
     if cfg.init_from:
         _init_from(policy, Path(cfg.init_from))
-    train_rows = load_rows(env, cfg.data.train_split, cfg.data.train_file, cfg.data.limit_train)
-    eval_rows = load_rows(env, cfg.data.eval_split, cfg.data.eval_file, cfg.data.limit_eval)[: cfg.training.eval_samples]
-    if cfg.tools is not None:  # tasks from files, tools on external servers
-        from agentrft.envs.external import external_env_spec, load_tools_config
-
-        env = external_env_spec(train_rows, load_tools_config(cfg.tools), reward)
 
     items = _methods()[cfg.method].prepare(cfg, policy, env, train_rows)
     total = cfg.training.max_steps or steps_per_epoch(len(items), cfg.training.batch_size) * cfg.training.n_epochs
@@ -410,7 +466,8 @@ def _hashes(cfg: JobConfig, env: EnvSpec, rows: list[dict], grade: GradeFn) -> d
 
     hashes = {"dataset": hash_json(rows), "config": hash_json(cfg.model_dump(mode="json"))}
     # what SFT/DPO actually train on when it is not generated from the task rows
-    for key, path in (("demonstrations", cfg.data.demonstrations_file), ("pairs", cfg.data.pairs_file)):
+    for key, path in (("demonstrations", cfg.data.demonstrations_source() if cfg.method == Method.SFT else None),
+                      ("pairs", cfg.data.pairs_source() if cfg.method == Method.DPO else None)):
         if path and Path(path).is_file():
             hashes[key] = hash_file(path)
     if cfg.data.pairs_from_run and (Path(cfg.data.pairs_from_run) / DB_NAME).is_file():

@@ -21,7 +21,7 @@ from agentrft.models.chat_format import ChatFormat
 from agentrft.models.policy import Policy
 from agentrft.rollout.episode import tools_for_row
 from agentrft.tools.environment import EnvSpec
-from agentrft.train.demonstrations import demonstration_trajectory
+from agentrft.train.demonstrations import demonstration_trajectory, supervised_trajectory
 from agentrft.train.context import TrainContext
 from agentrft.train.optim import forward_positions, micro_batches, optimizer_step, shared_prefix
 from agentrft.types import TaskRow, Trajectory
@@ -45,17 +45,18 @@ def demonstrations_for(spec: EnvSpec, chat_format: ChatFormat, rows: list[TaskRo
 
 
 def load_demonstrations_file(chat_format: ChatFormat, path: str) -> list[Trajectory]:
+    """The rows of a file in OpenAI's supervised format as token records (invalid rows were reported or
+    refused by the run's data check before this)."""
     from agentrft.datasets import load_jsonl_dataset
 
-    rows = load_jsonl_dataset(path).rows
-    return [demonstration_trajectory(r["messages"], r.get("tools"), chat_format, str(r.get("id", ""))) for r in rows]
+    return [supervised_trajectory(r, chat_format) for r in load_jsonl_dataset(path, kind="supervised").rows]
 
 
 class SFTMethod:
     def prepare(self, cfg: JobConfig, policy: Policy, env: EnvSpec, train_rows: list[TaskRow]) -> list[Trajectory]:
         d = cfg.data
-        if d.demonstrations_file:
-            return load_demonstrations_file(policy.chat_format, d.demonstrations_file)
+        if d.demonstrations_source():
+            return load_demonstrations_file(policy.chat_format, d.demonstrations_source())
         return demonstrations_for(env, policy.chat_format, train_rows, d.demonstrations)
 
     def step(self, ctx: TrainContext, batch: list[Trajectory], step: int) -> dict[str, float]:
