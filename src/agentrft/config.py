@@ -178,6 +178,11 @@ class RFTConfig(_Section):
     """Optimizer passes over each sampled batch (old logprobs fixed at sampling time)."""
     filter_zero_variance: bool = True
     """Drop groups whose rewards are all equal (no learning signal); counted in metrics."""
+    resample_rounds: int = Field(0, ge=0)
+    """Dynamic sampling (DAPO): after a step's groups are graded, draw up to this many more rounds of
+    tasks to replace the groups whose rewards are all equal, so the update trains on ``batch_size``
+    groups with a signal where the task set has them. Each round's tasks and seeds are a pure function of
+    (seed, step, round), so resume stays exact; ``resampled_tasks`` counts the extra tasks per step."""
     credit: Credit = Credit.TRAJECTORY
     """``trajectory``: the reward's advantage reaches every sampled token of every turn. ``per_turn``: each
     assistant turn gets the advantage of its discounted return, with the graders' per-turn rewards
@@ -238,7 +243,7 @@ class TrainingConfig(_Section):
 class JobConfig(_Section):
     method: Method
     model: str = "smollm2-135m"
-    chat_format: Literal["auto", "hermes", "template"] = "auto"
+    chat_format: Literal["auto", "hermes", "template", "qwen", "llama3", "mistral"] = "auto"
     seed: int = 0
     out_dir: str | None = None
     """Run directory; default ``runs/<method>-<timestamp>``."""

@@ -243,15 +243,21 @@ def probe_cmd(spec: str, data: str, threshold: float, reference_key: str | None,
 @grader.command("variance")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--model", default="smollm2-135m", show_default=True, help=MODEL_HELP)
-@click.option("--env", "env_name", default="finance", show_default=True)
+@click.option("--env", "env_name", default=None,
+              help="Built-in environment (default: finance; with --data, none: the rows' own tools).")
 @click.option("--split", default="validation", show_default=True)
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSONL task file (OpenAI RFT format) instead of a built-in split.")
+@click.option("--tools", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="tools.yaml: HTTP tool endpoints and MCP servers for --data tasks.")
 @click.option("--limit", default=16, show_default=True, help="Tasks to sample.")
 @click.option("--samples", default=4, show_default=True, help="Samples per task.")
 @rollout_options(RolloutConfig(seed=0))
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None)
 @judge_options
-def variance_cmd(spec: str, model: str, env_name: str, split: str, limit: int, samples: int, json_out: str | None,
-                 judge_base_url: str | None, judge_api_key: str | None, judge_model: str | None, **options: Any) -> None:
+def variance_cmd(spec: str, model: str, env_name: str | None, split: str, data: str | None, tools: str | None,
+                 limit: int, samples: int, json_out: str | None, judge_base_url: str | None,
+                 judge_api_key: str | None, judge_model: str | None, **options: Any) -> None:
     """Is there a learning signal? N samples per task with the current model; per-task score spread.
 
     Tasks whose samples all score the same give GRPO-style training nothing to
@@ -266,7 +272,7 @@ def variance_cmd(spec: str, model: str, env_name: str, split: str, limit: int, s
     g = _load(spec, judge_base_url, judge_api_key, judge_model)
     try:
         cfg = pop_rollout_config(options)
-        source = task_source(env_name, split)
+        source = task_source(env_name, split, data, tools, spec if data and not env_name else None)
         rows = source.rows[:limit]
         sampler, chat_format = sampler_and_format(model, "auto")  # a run directory: its weights and chat format
     except AgentRFTError as e:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from agentrft.algo.advantages import Credit, compute_advantages, turn_advantages
+from agentrft.algo.advantages import Credit, compute_advantages, is_zero_variance, turn_advantages
 from agentrft.algo.batch import collate_trajectories, num_assistant_turns
 from agentrft.algo.logprobs import token_logprobs, token_logprobs_and_entropy
 from agentrft.algo.losses import LossConfig, policy_loss
@@ -33,11 +33,22 @@ from agentrft.models.policy import Policy
 from agentrft.rollout.episode import run_episodes
 from agentrft.tools.environment import EnvSpec
 from agentrft.train.context import TrainContext
+from agentrft.train.demonstrations import cycle_batches
 from agentrft.train.optim import forward_positions, micro_batches, optimizer_step, shared_prefix
 from agentrft.types import TaskRow, Trajectory
 
 class GraderFailure(AgentRFTError):
     """Too many grades failed: training on them would optimise the grader's bugs."""
+
+
+RESAMPLE_SEED_STRIDE = 104_729
+"""Offsets the data order and sampling seeds of each ``rft.resample_rounds`` round from the step's own."""
+
+
+def _flat(trajs: list[Trajectory], grades: list, k: int, group: int) -> bool:
+    """Whether task ``k``'s group gives no signal: under two usable rollouts, or all rewards equal."""
+    rewards = [grades[i].reward for i in range(k * group, (k + 1) * group) if not trajs[i].is_infra_failure]
+    return len(rewards) < 2 or bool(is_zero_variance(torch.tensor(rewards)))
 
 
 class RFTMethod:
@@ -48,32 +59,24 @@ class RFTMethod:
         cfg, policy = ctx.cfg, ctx.policy
         group = cfg.rft.group_size
 
-        # 1. collect ---------------------------------------------------------
-        t0 = time.perf_counter()
+        # 1-2. collect and grade; with rft.resample_rounds, tasks whose groups carry no signal are topped up
         rcfg = cfg.step_rollout(step)
-        trajs = run_episodes(batch, ctx.env.make_env, ctx.sampler, policy.chat_format, rcfg, samples_per_task=group)
-        sampling_s = time.perf_counter() - t0
-
-        # 2. grade -----------------------------------------------------------
-        t0 = time.perf_counter()
-        rows = [batch[i // group] for i in range(len(trajs))]
-        grades = grade_all(ctx.grade, trajs, rows)
-        grading_s = time.perf_counter() - t0
-        ctx.store.log_trajectories(step, [
-            {**t.to_dict(), "grade": g.to_dict(), "reward": g.reward} for t, g in zip(trajs, grades)
-        ])
-        # sample_parse_error is the model's failure (e.g. no number in its answer); the budget is for grader faults.
-        faults = [g for g in grades if any(v for k, v in g.errors.items() if k != "sample_parse_error")]
-        error_rate = len(faults) / max(1, len(grades))
-        if error_rate > cfg.training.max_grader_error_rate:
-            raise GraderFailure(
-                f"step {step}: {error_rate:.0%} of grades carry grader errors (limit "
-                f"{cfg.training.max_grader_error_rate:.0%}); fix the grader before training on it -- "
-                f"first error: {next((m for g in faults for m in g.error_messages), 'see the trajectories in run.db')}")
+        rows, trajs, grades, sampling_s, grading_s = self._collect(ctx, batch, rcfg, step)
+        resampled = 0
+        for r in range(1, cfg.rft.resample_rounds + 1):
+            missing = len(batch) - sum(not _flat(trajs, grades, k, group) for k in range(len(rows)))
+            if missing <= 0:
+                break
+            # a pure function of (seed, step, round): a resumed run draws and samples the same tasks
+            extra = cycle_batches(ctx.items, missing, step, seed=cfg.seed + RESAMPLE_SEED_STRIDE * r)
+            more = self._collect(ctx, extra, rcfg.model_copy(update={"seed": rcfg.seed + RESAMPLE_SEED_STRIDE * r}),
+                                 step)
+            rows, trajs, grades = rows + more[0], trajs + more[1], grades + more[2]
+            sampling_s, grading_s, resampled = sampling_s + more[3], grading_s + more[4], resampled + len(extra)
 
         # 3. advantages (per group; infra failures excluded) ------------------
         groups: list[list[int]] = []
-        for k in range(len(batch)):
+        for k in range(len(rows)):
             idx = [k * group + j for j in range(group) if not trajs[k * group + j].is_infra_failure]
             groups.append(idx)
         kept_groups = [idx for idx in groups if len(idx) >= 2]
@@ -91,12 +94,13 @@ class RFTMethod:
                 zero_var.append(zv)
         else:
             advs, zero_var = compute_advantages([[grades[i].reward for i in idx] for idx in kept_groups], estimator)
-        train_idx, train_adv = [], []
+        train_idx, train_adv, trained_groups = [], [], 0
         for idx, adv, zv in zip(kept_groups, advs, zero_var):
-            if zv and cfg.rft.filter_zero_variance:
+            if (zv and cfg.rft.filter_zero_variance) or trained_groups == len(batch):
                 continue
             train_idx.extend(idx)
             train_adv.extend(adv)
+            trained_groups += 1
 
         # 4-5. loss and optimizer ---------------------------------------------
         t0 = time.perf_counter()
@@ -126,11 +130,37 @@ class RFTMethod:
             "grading_s": grading_s,
             "training_s": training_s,
         }
+        if cfg.rft.resample_rounds:
+            metrics["resampled_tasks"] = float(resampled)
         for name in grades[0].sub_rewards if grades else []:
             vals = [grades[i].sub_rewards.get(name, 0.0) for i in ok]
             metrics[f"reward/{name}"] = sum(vals) / n_ok
         metrics.update(train_stats)
         return metrics
+
+    def _collect(self, ctx: TrainContext, rows: list[TaskRow], rcfg, step: int):
+        """Roll out ``group_size`` samples of each row and grade them; the trajectories go to the store.
+        Returns ``(rows, trajectories, grades, sampling_s, grading_s)``."""
+        cfg, group = ctx.cfg, ctx.cfg.rft.group_size
+        t0 = time.perf_counter()
+        trajs = run_episodes(rows, ctx.env.make_env, ctx.sampler, ctx.policy.chat_format, rcfg, samples_per_task=group)
+        sampling_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        grades = grade_all(ctx.grade, trajs, [rows[i // group] for i in range(len(trajs))])
+        grading_s = time.perf_counter() - t0
+        ctx.store.log_trajectories(step, [
+            {**t.to_dict(), "grade": g.to_dict(), "reward": g.reward} for t, g in zip(trajs, grades)
+        ])
+        # sample_parse_error is the model's failure (e.g. no number in its answer); the budget is for grader faults.
+        faults = [g for g in grades if any(v for k, v in g.errors.items() if k != "sample_parse_error")]
+        error_rate = len(faults) / max(1, len(grades))
+        if error_rate > cfg.training.max_grader_error_rate:
+            raise GraderFailure(
+                f"step {step}: {error_rate:.0%} of grades carry grader errors (limit "
+                f"{cfg.training.max_grader_error_rate:.0%}); fix the grader before training on it -- "
+                f"first error: {next((m for g in faults for m in g.error_messages), 'see the trajectories in run.db')}")
+        return list(rows), trajs, grades, sampling_s, grading_s
 
     def _update(self, ctx: TrainContext, trajs: list[Trajectory], advantages: list[float],
                 temperature: float) -> dict[str, float]:
