@@ -258,8 +258,17 @@ def test_a_bad_preference_file_stops_the_job_before_anything_loads(files):
     assert not (files / "dpo").exists()
 
 
-def test_readme_path_files_are_in_openai_formats():
-    """The example files docs/own-tasks.md points at load in the formats it names."""
-    root = Path(__file__).resolve().parents[1] / "examples" / "function_calling"
-    assert not load_jsonl_dataset(root / "sft.jsonl", kind="supervised").errors
-    assert not load_jsonl_dataset(root / "tasks.jsonl").errors
+def test_example_configs_read_their_files_in_openai_formats(monkeypatch):
+    """examples/function_calling/*.yaml (docs/own-tasks.md) load, and every file they read is valid in the
+    format its method needs: supervised rows for SFT, tasks for RFT."""
+    from agentrft.train.runner import check_data_files, data_files
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)
+    kinds = {}
+    for name in ("sft", "rft"):
+        cfg = load_config(root / "examples" / "function_calling" / f"{name}.yaml")
+        kinds.update(data_files(cfg))
+        assert check_data_files(cfg) == {}
+    assert kinds == {"bench/function_calling/data/sft_train.jsonl": "supervised",
+                     "bench/function_calling/data/rft_train.jsonl": "task"}

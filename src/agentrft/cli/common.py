@@ -86,5 +86,7 @@ def sampler_and_format(model: str, chat_format: str, **sampler_options: Any):
 
 
 chat_format_option = click.option("--chat-format", default="auto", show_default=True,
-                                  type=click.Choice(["auto", "hermes", "template"]),
-                                  help="auto: the model's own template when it supports tools, else Hermes.")
+                                  type=click.Choice(["auto", "hermes", "template", "qwen", "llama3", "mistral"]),
+                                  help="auto: the model family's format (Qwen, Llama 3, Mistral) when its special "
+                                       "tokens show it, else the model's own template when it supports tools, "
+                                       "else Hermes.")

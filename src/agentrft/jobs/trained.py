@@ -173,12 +173,13 @@ def export_run(spec: str | os.PathLike[str], out: str | os.PathLike[str], *, dty
     """Write the run's model (``RUN_DIR`` or ``RUN_DIR@step=N``) as a plain Hugging Face folder at ``out``.
 
     LoRA is merged into the base weights; the tokenizer is saved with the chat template the run used
-    (the Hermes template when the run's format resolved to ``hermes``). ``out`` must not exist or be
+    (the Hermes template when the run's format resolved to ``hermes``, a family's template as trained for
+    ``qwen``/``llama3``/``mistral``). ``out`` must not exist or be
     empty; the folder is written to a temporary sibling and renamed, so it appears complete or not at all.
     """
     import torch
 
-    from agentrft.models.chat_format import HERMES_CHAT_TEMPLATE, get_chat_format
+    from agentrft.models.chat_format import HERMES_CHAT_TEMPLATE, TemplateChatFormat, get_chat_format
 
     path_text, step = split_model_spec(spec)
     if not is_run_dir(path_text):
@@ -195,9 +196,12 @@ def export_run(spec: str | os.PathLike[str], out: str | os.PathLike[str], *, dty
         model = model.merge_and_unload()
     model.to(dtype=getattr(torch, dtype))
     tokenizer = loaded.tokenizer
-    chat_format = get_chat_format(tokenizer, loaded.chat_format).name
+    cf = get_chat_format(tokenizer, loaded.chat_format)
+    chat_format = cf.name
     if chat_format == "hermes":
         tokenizer.chat_template = HERMES_CHAT_TEMPLATE
+    elif isinstance(cf, TemplateChatFormat):  # a family's template as trained (qwen, llama3, mistral, template)
+        tokenizer.chat_template = cf.chat_template
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -20,20 +20,26 @@ Formats, one module each, all implementing :class:`ChatFormat` (``base``):
   tool use, for models whose own template has no tools (SmolLM2).
 * :class:`TemplateChatFormat` (``template``) — the tokenizer's own Jinja chat
   template, for models whose template supports tools.
+* :class:`QwenChatFormat` (``qwen``), :class:`Llama3ChatFormat` (``llama3``),
+  :class:`MistralChatFormat` (``mistral``) — a model family's own template (a
+  module constant, through the ``template`` machinery) and tool-call syntax.
 
-Both parse tool calls as ``<tool_call>`` JSON blocks (``hermes_tool_calls``).
-:func:`get_chat_format` picks one by name (``chat_format`` in the config).
+Hermes, template and qwen parse tool calls as ``<tool_call>`` JSON blocks
+(``hermes_tool_calls``); llama3 and mistral as bare JSON (``json_tool_calls``).
+:func:`get_chat_format` picks one by name (``chat_format`` in the config);
+``auto`` recognises a family by its special tokens (:func:`detect_chat_format`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from agentrft.errors import ConfigError
 from agentrft.models.chat_format.base import (
     ChatFormat,
     ParsedAssistant,
     TemplateNotPrefixPreservingError,
+    _special_token_id,
     message_text,
     message_tool_calls,
     normalize_tool_schema,
@@ -51,6 +57,13 @@ from agentrft.models.chat_format.hermes_tool_calls import (
     format_tool_call,
     parse_tool_calls,
 )
+from agentrft.models.chat_format.llama3 import LLAMA3_CHAT_TEMPLATE, Llama3ChatFormat
+from agentrft.models.chat_format.mistral import (
+    MISTRAL_TEKKEN_CHAT_TEMPLATE,
+    MISTRAL_V3_CHAT_TEMPLATE,
+    MistralChatFormat,
+)
+from agentrft.models.chat_format.qwen import QWEN3_CHAT_TEMPLATE, QWEN25_CHAT_TEMPLATE, QwenChatFormat
 from agentrft.models.chat_format.template import TemplateChatFormat, template_supports_tools
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -58,16 +71,26 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = [
     "CHAT_FORMATS",
+    "FAMILY_MARKERS",
     "HERMES_CHAT_TEMPLATE",
     "HERMES_TOOLS_POSTAMBLE",
     "HERMES_TOOLS_PREAMBLE",
+    "LLAMA3_CHAT_TEMPLATE",
+    "MISTRAL_TEKKEN_CHAT_TEMPLATE",
+    "MISTRAL_V3_CHAT_TEMPLATE",
+    "QWEN25_CHAT_TEMPLATE",
+    "QWEN3_CHAT_TEMPLATE",
     "TOOL_CALL_CLOSE",
     "TOOL_CALL_OPEN",
     "ChatFormat",
     "HermesChatFormat",
+    "Llama3ChatFormat",
+    "MistralChatFormat",
     "ParsedAssistant",
+    "QwenChatFormat",
     "TemplateChatFormat",
     "TemplateNotPrefixPreservingError",
+    "detect_chat_format",
     "format_tool_call",
     "get_chat_format",
     "hermes_tools_block",
@@ -78,15 +101,37 @@ __all__ = [
     "template_supports_tools",
 ]
 
-CHAT_FORMATS = ("auto", "hermes", "template")
+CHAT_FORMATS = ("auto", "hermes", "template", "qwen", "llama3", "mistral")
+
+_FORMATS: dict[str, Callable[["PreTrainedTokenizerBase"], ChatFormat]] = {
+    "hermes": HermesChatFormat,
+    "template": TemplateChatFormat,
+    "qwen": QwenChatFormat,
+    "llama3": Llama3ChatFormat,
+    "mistral": MistralChatFormat,
+}
+
+# A family is recognised by tokens that are single special (or added) tokens of its vocabulary, in this order.
+FAMILY_MARKERS: dict[str, tuple[str, ...]] = {
+    "llama3": ("<|start_header_id|>", "<|eot_id|>"),
+    "mistral": ("[INST]", "[TOOL_CALLS]"),
+    "qwen": ("<|im_start|>", "<|im_end|>", "<tool_call>"),
+}
 
 
-def get_chat_format(tokenizer: "PreTrainedTokenizerBase", name: str = "auto") -> HermesChatFormat | TemplateChatFormat:
-    """``hermes`` | ``template`` | ``auto`` (the model's template if it supports tools, else hermes)."""
+def detect_chat_format(tokenizer: "PreTrainedTokenizerBase") -> str:
+    """The format ``auto`` resolves to: the first family in :data:`FAMILY_MARKERS` whose marker tokens are
+    all single tokens of the tokenizer; else ``template`` when its own template renders tools; else ``hermes``."""
+    for name, markers in FAMILY_MARKERS.items():
+        if all(_special_token_id(tokenizer, m) is not None for m in markers):
+            return name
+    return "template" if template_supports_tools(getattr(tokenizer, "chat_template", None)) else "hermes"
+
+
+def get_chat_format(tokenizer: "PreTrainedTokenizerBase", name: str = "auto") -> ChatFormat:
+    """A chat format by name (one of :data:`CHAT_FORMATS`); ``auto`` = :func:`detect_chat_format`."""
     if name == "auto":
-        name = "template" if template_supports_tools(getattr(tokenizer, "chat_template", None)) else "hermes"
-    if name == "hermes":
-        return HermesChatFormat(tokenizer)
-    if name == "template":
-        return TemplateChatFormat(tokenizer)
-    raise ConfigError(f"unknown chat format {name!r}; choose one of {', '.join(CHAT_FORMATS)}")
+        name = detect_chat_format(tokenizer)
+    if name not in _FORMATS:
+        raise ConfigError(f"unknown chat format {name!r}; choose one of {', '.join(CHAT_FORMATS)}")
+    return _FORMATS[name](tokenizer)
