@@ -18,6 +18,7 @@ import click
 from agentrft.cli.grader import grader
 from agentrft.cli.info import info_cmd
 from agentrft.cli.measure import envs_cmd, eval_cmd, models_cmd, rollout_cmd, tasks_cmd
+from agentrft.cli.runs import runs
 from agentrft.cli.serve import export_cmd, serve_cmd
 from agentrft.cli.train import quickstart_cmd, train_cmd
 
@@ -30,7 +31,7 @@ def main() -> None:
 
 
 for command in (models_cmd, info_cmd, envs_cmd, tasks_cmd, eval_cmd, rollout_cmd, train_cmd, quickstart_cmd,
-                export_cmd, serve_cmd, grader):
+                export_cmd, serve_cmd, grader, runs):
     main.add_command(command)
 
 

@@ -100,6 +100,7 @@ def run_eval(model: str, env_name: str | None, split: str, limit: int | None, sa
 
     from agentrft.envs.registry import task_source
     from agentrft.evaluation import evaluate_rows, summarize, write_eval_outputs
+    from agentrft.jobs.provenance import eval_provenance
 
     source = task_source(env_name, split, data, tools, grader)
     for err in source.skipped:
@@ -113,6 +114,7 @@ def run_eval(model: str, env_name: str | None, split: str, limit: int | None, sa
     summary = summarize(graded, wall_s=time.perf_counter() - t0)
     summary.update(model=model, env=source.env.name, env_description=source.env.description,
                    split=str(data) if data else split, samples=samples)
+    summary["provenance"] = eval_provenance(model, rollout, source.env.grade, source.env)
     write_eval_outputs(out, graded, summary)
     return summary
 
