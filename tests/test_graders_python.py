@@ -1,4 +1,9 @@
-"""The python grader: results, every failure flagged, and the sandbox (network, timeout, CPU, memory)."""
+"""The python grader: results, every failure flagged, and the limits (network, timeout, CPU, memory).
+
+Tests without a mode run sandboxed (the default). The ones about the unsandboxed path's own
+containment and network knobs (``PythonLimits(containment=..., isolation=...)``) opt into it with
+``AGENTRFT_UNSAFE_GRADERS=1``; tests/test_python_grader_sandbox.py covers what the sandbox denies.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,20 @@ import uuid
 import pytest
 
 from agentrft.graders import PythonLimits, load_grader, network_isolation
-from agentrft.graders.python_grader import namespace_available, pid_namespace_available, process_containment
+from agentrft.graders.python_grader import (
+    UNSAFE_ENV,
+    namespace_available,
+    pid_namespace_available,
+    process_containment,
+)
 
 FAST = PythonLimits(timeout_s=10, cpu_s=5, memory_mb=1024)
+
+
+@pytest.fixture
+def unsandboxed(monkeypatch):
+    """Run python graders on the unsandboxed path, whose containment these tests are about."""
+    monkeypatch.setenv(UNSAFE_ENV, "1")
 
 
 def _grade(source: str, sample="out", item=None, limits=FAST):
@@ -142,9 +158,10 @@ def _child_item(tmp_path, setsid: bool, then_sleep: float) -> dict:
             "then_sleep": then_sleep}
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("containment", CONTAINMENTS)
 @pytest.mark.parametrize("setsid", [False, True], ids=["same_group", "setsid_daemon"])
-def test_grader_returns_when_it_exits_and_no_child_outlives_it(tmp_path, containment, setsid):
+def test_grader_returns_when_it_exits_and_no_child_outlives_it(tmp_path, containment, setsid, unsandboxed):
     # grade() returns at once but leaves a child that holds stderr open -- in its process group, or a
     # daemon in a session of its own: the grade is the result, now, not a timeout; and the child dies
     # with the run. Popen.communicate would wait for the child's EOF until the timeout.
@@ -161,8 +178,9 @@ def test_grader_returns_when_it_exits_and_no_child_outlives_it(tmp_path, contain
         _kill_leftovers(item["token"])
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("containment", CONTAINMENTS)
-def test_timeout_kills_a_child_that_left_the_process_group(tmp_path, containment):
+def test_timeout_kills_a_child_that_left_the_process_group(tmp_path, containment, unsandboxed):
     # The child calls setsid(): a process-group kill cannot reach it, and it still holds stderr. The grade
     # still ends at the timeout (plus a bounded drain), and the child does not survive it.
     item = _child_item(tmp_path, setsid=True, then_sleep=60)
@@ -210,9 +228,14 @@ FORGED_RESULTS = {
 }
 
 
-@pytest.mark.parametrize("containment", CONTAINMENTS)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("containment", ["sandbox", *CONTAINMENTS])
 @pytest.mark.parametrize("name", sorted(FORGED_RESULTS))
-def test_a_result_written_past_the_protocol_is_a_runtime_error(name, containment):
+def test_a_result_written_past_the_protocol_is_a_runtime_error(name, containment, monkeypatch):
+    if containment != "sandbox":
+        monkeypatch.setenv(UNSAFE_ENV, "1")
+    else:
+        containment = "auto"
     payload, channel, then = FORGED_RESULTS[name]
     item = {"payload": payload, "channel": channel, "then": then, "host_pid": os.getpid()}
     g = _grade(WRITES_TO_THE_CHANNEL, item=item, limits=dataclasses.replace(FAST, containment=containment))
@@ -279,6 +302,7 @@ NETWORK_PROBE = (
 )
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize(
     "isolation",
     [
@@ -288,7 +312,7 @@ NETWORK_PROBE = (
         "socket_patch",
     ],
 )
-def test_loopback_server_sees_no_connection(isolation):
+def test_loopback_server_sees_no_connection(isolation, unsandboxed):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)

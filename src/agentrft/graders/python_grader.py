@@ -1,66 +1,55 @@
-"""The ``python`` grader: user ``grade(sample, item)`` code run in a contained subprocess.
+"""The ``python`` grader: user ``grade(sample, item)`` code, run in the bubblewrap sandbox by warm workers.
 
-Each grade starts a fresh ``python -I`` process (isolated mode: no user site,
-no ``PYTHON*`` variables) in an empty temporary working directory with a
-minimal environment -- the parent's variables, API keys included, are not
-passed on. The sample, the item and a per-run nonce go in on stdin as JSON.
+User grader code is untrusted: a spec file can come from anyone, and its
+``grade`` runs once per sample. By default it runs where it can touch
+nothing of the host (:mod:`agentrft.graders.python_sandbox`): a bubblewrap
+sandbox with a read-only system root, the interpreter and the packages
+OpenAI documents for python graders, a private in-memory scratch as cwd and
+``/tmp``, no network, no host home, checkout or run folders, and OpenAI's
+limits (:class:`PythonLimits`). A pool of warm workers per grader source
+(:mod:`agentrft.graders.python_pool`) loads the source once and forks one
+child per grade, so a grade costs milliseconds, not an interpreter start.
 
-This module is the grader's *policy* (the argv, the environment, the limits,
-the in-process supervisor). Starting, streaming and reaping the process is
-:func:`agentrft.tools.sandbox.process.run_process`, the same process control
-that runs the model's code in the sandbox: stdout and stderr are read as they
-stream under an output cap (``max_output_bytes``), and the run ends when the
-program exits or at the wall-clock backstop.
+Where bubblewrap cannot run, grading refuses with
+``python_grader_server_error`` and a message naming the opt-in
+:data:`UNSAFE_ENV` (``AGENTRFT_UNSAFE_GRADERS=1``). Set by the operator (an
+environment variable, never a field of the spec, so a grader file cannot opt
+itself out), it selects the **unsandboxed** path below instead: a fresh
+``python -I`` process per grade, with rlimits, an empty working directory, a
+minimal environment and no network where ``unshare -rn`` works -- but the
+host's files readable and writable as the trainer's user.
 
-Two processes (the runner program, :data:`_RUNNER`):
-
-* the **supervisor** reads stdin to the end, forks the **worker**, and never
-  runs user code. It waits for the worker under the wall-clock timeout, takes
-  the worker's result from a private pipe, checks it (exactly one message,
-  well formed, carrying the nonce, then a clean exit), kills whatever the
-  worker left running, and writes the one report line on stdout;
-* the **worker** sets the rlimits on itself, points its stdout at stderr (so
-  the user's prints and the host's result channel never mix: it holds no
-  descriptor of the host's stdout pipe), loads the user code, calls
-  ``grade`` and writes one message to the pipe.
-
-**Departure from a ``preexec_fn``:** ``preexec_fn`` is documented as unsafe in
-threaded programs and :func:`agentrft.graders.batch.grade_batch` grades from
-threads; limits the worker sets on itself before any user code runs are just as
-binding and are inherited by anything the user code spawns.
-
-Containment (:func:`process_containment`): where ``unshare --pid --fork
---kill-child --mount-proc`` works, the supervisor is pid 1 of a new pid
-namespace (``pid_namespace``); when it exits, or the host kills it, the
-kernel kills every process in the namespace, ``setsid`` daemons included, and
-``unshare`` exits only once they are gone. Elsewhere (``subreaper``, best
-effort) the supervisor is a child subreaper (``PR_SET_CHILD_SUBREAPER``):
-orphans of the run are reparented to it, and before it reports it SIGKILLs
-its children until none is left; the host also kills the process group. There
-a worker can escape by killing the supervisor (same uid), and what the host
-kills at its backstop or output cap is only the process group.
-
-Network (:func:`network_isolation`): in a new, empty network namespace
-(``unshare -rn``: no interfaces, not even a usable loopback) when that works;
-otherwise the worker replaces ``socket.socket`` and friends with a function
-that raises before the user code is loaded -- a best-effort guard (code using
-``ctypes`` could get around it). ``image_tag`` is accepted but the local
-interpreter (and its installed packages) runs the code.
-
-What a result is worth (docs/graders.md): the user's ``grade`` code *is* the
-grader, so it can always choose its own value; what holds is that the value
-is validated (a finite number: :class:`PythonGrader` declares no range) and
-that a run reports through one protocol only. A stray write to the worker's
-pipe (a bare number, garbage, a second message, a message without the nonce)
-or to the host's channel makes the grade a ``python_grader_runtime_error``,
-never a parse of the last number. The nonce lives in the worker's memory, so
-user code that digs it out can write a well-formed message -- with a value it
-could have returned, which is validated the same way.
+Both paths share one result protocol (:mod:`agentrft.graders.python_protocol`):
+a supervisor that never runs ``grade`` itself checks the one message of the
+child that did (well formed, carrying a per-grade nonce, then a clean exit)
+and reports once to the host. What a result is worth (docs/graders.md): the
+user's ``grade`` code *is* the grader, so it can always choose its own value;
+what holds is that the value is validated (a finite number:
+:class:`PythonGrader` declares no range) and that a grade reports through one
+protocol only. A stray write to the result channel (a bare number, garbage,
+a second message, a message without the nonce) makes the grade a
+``python_grader_runtime_error``, never a parse of the last number.
 
 Any exception, timeout, crash, output flood, protocol break or
 non-number/NaN/infinite result gives score 0 with
 ``python_grader_runtime_error`` and the message; a process that could not be
-started at all gives ``python_grader_server_error``.
+started at all, or a sandbox that cannot run here, gives
+``python_grader_server_error``.
+
+The unsandboxed runner, in detail. Each grade starts ``python -I`` with the
+sample, the item and the nonce on stdin, through
+:func:`agentrft.tools.sandbox.process.run_process` (output cap, wall-clock
+backstop, reaping). Its supervisor forks the child, which sets the rlimits on
+itself (not a ``preexec_fn``: that is unsafe in the threads
+:func:`agentrft.graders.batch.grade_batch` grades from), points its stdout at
+stderr and runs the code. Leftover processes: where ``unshare --pid --fork
+--kill-child --mount-proc`` works the supervisor is pid 1 of a new pid
+namespace (``pid_namespace``) and the kernel kills the rest with it; elsewhere
+(``subreaper``, best effort) it is a child subreaper that SIGKILLs its
+children until none is left. Network: a new, empty network namespace
+(``unshare -rn``) when that works, otherwise ``socket.socket`` and friends are
+replaced before the user code loads (``socket_patch``, best effort: ``ctypes``
+gets around it).
 """
 
 from __future__ import annotations
@@ -69,14 +58,15 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
+from agentrft.errors import ConfigError
 from agentrft.graders.base import (
     PYTHON_GRADER_RUNTIME_ERROR,
     PYTHON_GRADER_SERVER_ERROR,
@@ -84,28 +74,86 @@ from agentrft.graders.base import (
     Grader,
     GradingFailure,
 )
+from agentrft.graders.python_pool import pool_for
+from agentrft.graders.python_protocol import PROTOCOL_CODE, report_value, status_text
+from agentrft.graders.python_sandbox import WorkerSpec
 from agentrft.graders.spec import PythonSpec
+from agentrft.tools.sandbox.core import SandboxUnavailableError
 from agentrft.tools.sandbox.process import Containment, Launch, RunLimits, run_process
 
 Isolation = Literal["auto", "namespace", "socket_patch"]
 ProcessContainment = Literal["auto", "pid_namespace", "subreaper"]
 
+UNSAFE_ENV = "AGENTRFT_UNSAFE_GRADERS"
+"""Set to ``1`` to run python grader code without the sandbox (the host's files are then readable and writable)."""
 BACKSTOP_GRACE_S = 2.0
-"""The host kills the run this long after ``timeout_s``, should the supervisor not have ended it itself."""
+"""Unsandboxed: the host kills the run this long after ``timeout_s``, should the supervisor not have ended it."""
 _PID_NAMESPACE_FLAGS = ["--pid", "--fork", "--kill-child", "--mount-proc"]
 
 
 @dataclass(frozen=True)
 class PythonLimits:
-    """Resource limits for one python-grader run."""
+    """Resource limits of python-grader code, per grade unless a field says otherwise.
 
-    timeout_s: float = 30.0  # wall clock; then every process of the run is killed
-    cpu_s: int = 20  # RLIMIT_CPU
-    memory_mb: int = 1024  # RLIMIT_AS (address space)
-    file_size_mb: int = 16  # RLIMIT_FSIZE
-    isolation: Isolation = "auto"  # network isolation; auto = namespace when available
-    max_output_bytes: int = 4 * 2**20  # stdout + stderr kept; more kills the run
-    containment: ProcessContainment = "auto"  # how leftovers are killed; auto = pid_namespace when available
+    The defaults follow OpenAI's python grader (2 GB of memory, 1 GB of disk, no network) with a shorter
+    wall clock than its 2 minutes.
+    """
+
+    timeout_s: float = 30.0
+    """Wall clock of one grade (and, sandboxed, of loading the source); then every process of it is killed."""
+    cpu_s: int = 20
+    """CPU seconds of the grading process (RLIMIT_CPU): SIGXCPU, then SIGKILL a second later."""
+    memory_mb: int = 2048
+    """Address space per process (RLIMIT_AS); allocations beyond fail with MemoryError."""
+    file_size_mb: int = 16
+    """Largest file the code may write (RLIMIT_FSIZE)."""
+    disk_mb: int = 1024
+    """Sandboxed: size of the in-memory scratch ``/work`` (cwd and HOME); ``/tmp`` and ``/dev/shm`` add 64 MiB each."""
+    max_processes: int = 64
+    """Sandboxed: processes and threads alive at once in a worker, its own included (RLIMIT_NPROC)."""
+    max_workers: int = 8
+    """Sandboxed: warm workers per grader source, i.e. grades of one grader that run at once."""
+    extra_packages: tuple[str, ...] = ()
+    """Sandboxed: installed distributions importable besides the ones OpenAI documents (with their dependencies)."""
+    max_output_bytes: int = 4 * 2**20
+    """stdout + stderr kept per grade (sandboxed: stderr, where prints go); more kills the grade."""
+    isolation: Isolation = "auto"
+    """Unsandboxed only: network isolation; auto = a network namespace when available."""
+    containment: ProcessContainment = "auto"
+    """Unsandboxed only: how leftover processes are killed; auto = a pid namespace when available."""
+
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "disk_mb", "max_processes", "max_workers",
+                     "max_output_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"PythonLimits.{name} must be positive, got {getattr(self, name)!r}")
+
+
+def unsafe_graders_enabled() -> bool:
+    """Whether the operator opted into running python grader code unsandboxed (``AGENTRFT_UNSAFE_GRADERS=1``)."""
+    return os.environ.get(UNSAFE_ENV) == "1"
+
+
+def worker_spec(source: str, limits: PythonLimits) -> WorkerSpec:
+    """What a sandboxed worker of ``source`` under ``limits`` is: the key of its pool (:func:`pool_for`)."""
+    return WorkerSpec(source=source, timeout_s=float(limits.timeout_s), cpu_s=int(limits.cpu_s),
+                      memory_mb=int(limits.memory_mb), file_size_mb=int(limits.file_size_mb),
+                      disk_mb=int(limits.disk_mb), max_processes=int(limits.max_processes),
+                      max_output_bytes=int(limits.max_output_bytes), extra_packages=tuple(limits.extra_packages),
+                      max_workers=int(limits.max_workers))
+
+
+def run_sandboxed(source: str, sample: dict[str, Any], item: dict[str, Any], limits: PythonLimits) -> float:
+    """``grade(sample, item)`` of ``source`` on a warm sandboxed worker; :class:`GradingFailure` on any failure."""
+    try:
+        return pool_for(worker_spec(source, limits)).grade(sample, item)
+    except SandboxUnavailableError as e:
+        raise GradingFailure(
+            PYTHON_GRADER_SERVER_ERROR,
+            f"python grader code runs only in the bubblewrap sandbox, and it cannot run here: {e} To run grader "
+            f"code without any isolation instead (it can then read and write your files and reach the network), "
+            f"set {UNSAFE_ENV}=1.",
+        ) from None
 
 
 def _unshare_works(*flags: str) -> bool:
@@ -144,12 +192,10 @@ def process_containment(requested: ProcessContainment = "auto") -> Literal["pid_
     return requested
 
 
-# The program: the supervisor (this process, which never runs user code) and the worker it forks.
-_RUNNER = r"""
-import json, os, resource, select, signal, sys, time, traceback
+# The unsandboxed program: the supervisor (this process, which never runs user code) and the child it forks.
+_RUNNER = PROTOCOL_CODE + r"""
 cfg = json.loads(sys.stdin.buffer.read())
 NONCE = cfg["nonce"]
-MAX_MESSAGE = 1 << 20
 
 
 def worker(channel):
@@ -170,20 +216,7 @@ def worker(channel):
             for attr in ("socket", "socketpair", "create_connection", "create_server", "fromfd"):
                 if hasattr(mod, attr):
                     setattr(mod, attr, _no_network)
-    try:
-        namespace = {"__name__": "grader"}
-        exec(compile(cfg["source"], "<grader>", "exec"), namespace)
-        value = namespace["grade"](cfg["sample"], cfg["item"])
-        if isinstance(value, (bool, int, float)):
-            out = {"status": "ok", "value": float(value)}
-        else:
-            out = {"status": "invalid", "detail": type(value).__name__ + ": " + repr(value)[:200]}
-    except BaseException as e:
-        out = {"status": "error", "detail": "".join(traceback.format_exception(e))[-4000:]}
-    out["nonce"] = NONCE
-    os.write(channel, (json.dumps(out) + "\n").encode())
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+    report_to(channel, result_message(lambda: load(cfg["source"])(cfg["sample"], cfg["item"])))
 
 
 def children():
@@ -218,27 +251,6 @@ def kill_descendants():
                 pass
 
 
-def check(data):
-    # The worker's pipe must hold exactly one message line, from this run, of a known shape.
-    if not data:
-        return {"status": "exited", "code": 0}
-    if data.count(b"\n") != 1 or not data.endswith(b"\n"):
-        return {"status": "protocol", "detail": "%d line(s) of %d bytes on the result channel, not one message"
-                % (data.count(b"\n") + (not data.endswith(b"\n")), len(data))}
-    try:
-        message = json.loads(data)
-    except ValueError:
-        return {"status": "protocol", "detail": "the result channel held something other than a message"}
-    if not isinstance(message, dict) or message.get("nonce") != NONCE:
-        return {"status": "protocol", "detail": "the message on the result channel is not this run's"}
-    status = message.get("status")
-    if status == "ok" and type(message.get("value")) in (int, float) and set(message) == {"status", "value", "nonce"}:
-        return {"status": "ok", "value": message["value"]}
-    if status in ("invalid", "error") and isinstance(message.get("detail"), str) and len(message) == 3:
-        return {"status": status, "detail": message["detail"]}
-    return {"status": "protocol", "detail": "malformed message on the result channel"}
-
-
 if cfg["subreaper"]:
     import ctypes
     if ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
@@ -256,65 +268,15 @@ if pid == 0:
     finally:
         os._exit(code)
 os.close(write_end)
-deadline = time.monotonic() + cfg["timeout_s"]
-data, timed_out, overflow, exited = bytearray(), False, False, False
-poller = select.poll()
-poller.register(read_end, select.POLLIN)
-try:
-    exit_fd = os.pidfd_open(pid)
-    poller.register(exit_fd, select.POLLIN)
-except (AttributeError, OSError):  # kernel before 5.3: poll the exit
-    exit_fd = None
-while not exited:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        timed_out = True
-        os.kill(pid, signal.SIGKILL)
-        break
-    events = poller.poll(min(left, 0.05 if exit_fd is None else left) * 1000)
-    for fd, _ in events:
-        if fd == read_end:
-            chunk = os.read(read_end, 65536)
-            if not chunk:
-                poller.unregister(read_end)
-            data += chunk
-        elif fd == exit_fd:
-            exited = True
-    if len(data) > MAX_MESSAGE:
-        overflow = True
-        os.kill(pid, signal.SIGKILL)
-        break
-    if exit_fd is None and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-        exited = True
-_, status = os.waitpid(pid, 0)
-os.set_blocking(read_end, False)
-try:
-    while len(data) <= MAX_MESSAGE:
-        chunk = os.read(read_end, 65536)
-        if not chunk:
-            break
-        data += chunk
-except BlockingIOError:  # a leftover still holds the pipe: what it wrote so far counts
-    pass
+out = wait_child(pid, read_end, cfg["timeout_s"])
 if cfg["subreaper"]:
     kill_descendants()
-if timed_out:
-    out = {"status": "timeout"}
-elif overflow or len(data) > MAX_MESSAGE:
-    out = {"status": "protocol", "detail": "more than %d bytes on the result channel" % MAX_MESSAGE}
-elif os.WIFSIGNALED(status):
-    out = {"status": "signal", "signal": os.WTERMSIG(status)}
-elif os.WEXITSTATUS(status) != 0:
-    out = {"status": "exited", "code": os.WEXITSTATUS(status)}
-else:
-    out = check(bytes(data))
-out["nonce"] = NONCE
-os.write(1, (json.dumps(out) + "\n").encode())
+report_to(1, out)
 """
 
 
-def run_python_grader(source: str, sample: dict[str, Any], item: dict[str, Any], limits: PythonLimits) -> float:
-    """Run ``grade(sample, item)`` from ``source`` in a contained process; :class:`GradingFailure` on any failure."""
+def run_unsandboxed(source: str, sample: dict[str, Any], item: dict[str, Any], limits: PythonLimits) -> float:
+    """``grade(sample, item)`` of ``source`` in a fresh unsandboxed process; :class:`GradingFailure` on any failure."""
     isolation = network_isolation(limits.isolation)
     containment = process_containment(limits.containment)
     nonce = secrets.token_hex(16)
@@ -387,7 +349,7 @@ def _read_report(returncode: int, out: bytes, err: bytes, nonce: str, timeout_s:
         if stderr.lstrip().startswith("unshare:"):
             raise GradingFailure(PYTHON_GRADER_SERVER_ERROR, f"namespace sandbox failed: {stderr.strip()}")
         raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR,
-                             f"python grader ended ({_status_text(returncode)}) without a report. {stderr}".strip())
+                             f"python grader ended ({status_text(returncode)}) without a report. {stderr}".strip())
     try:
         report = json.loads(out.decode("utf-8")) if out.count(b"\n") == 1 and out.endswith(b"\n") else None
     except (UnicodeDecodeError, ValueError):
@@ -396,38 +358,7 @@ def _read_report(returncode: int, out: bytes, err: bytes, nonce: str, timeout_s:
         raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR,
                              "python grader broke the result protocol: the result channel held something other "
                              "than this run's one report")
-    status, detail = report.get("status"), report.get("detail")
-    if status == "ok":
-        value = report.get("value")
-        if type(value) not in (int, float):
-            raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR, f"python grader reported a non-number: {value!r:.80}")
-        return float(value)
-    if status == "error":
-        raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR, f"grade() raised: {detail}")
-    if status == "invalid":
-        raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR, f"grade() must return a number, got {detail}")
-    if status == "timeout":
-        raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR,
-                             f"python grader timed out after {timeout_s}s (every process it started was killed)")
-    if status == "signal":
-        raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR,
-                             f"python grader {_status_text(-int(report.get('signal', 0)))}. {stderr}".strip())
-    if status == "exited":
-        raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR,
-                             f"python grader exited {report.get('code')} without a result. {stderr}".strip())
-    raise GradingFailure(PYTHON_GRADER_RUNTIME_ERROR, f"python grader broke the result protocol: {detail}")
-
-
-def _status_text(returncode: int) -> str:
-    """``exit N`` or ``killed by SIGNAME (why)`` for a :class:`subprocess.Popen`-style return code."""
-    if returncode >= 0:
-        return f"exit {returncode}"
-    try:
-        name = signal.Signals(-returncode).name
-    except ValueError:
-        return f"killed by signal {-returncode}"
-    why = {"SIGXCPU": " (CPU time limit)", "SIGKILL": " (killed, e.g. CPU or memory limit)"}.get(name, "")
-    return f"killed by {name}{why}"
+    return report_value(report, stderr, timeout_s)
 
 
 class PythonGrader(Grader):
@@ -440,4 +371,8 @@ class PythonGrader(Grader):
         self.limits = limits or PythonLimits()
 
     def score(self, sample: dict[str, Any], item: dict[str, Any]) -> float:
-        return run_python_grader(self.spec.source, sample, item, self.limits)
+        if unsafe_graders_enabled():
+            warnings.warn(f"agentrft: {UNSAFE_ENV}=1: python grader code runs WITHOUT the sandbox; it can read and "
+                          f"write your files and reach the network", RuntimeWarning, stacklevel=2)
+            return run_unsandboxed(self.spec.source, sample, item, self.limits)
+        return run_sandboxed(self.spec.source, sample, item, self.limits)
