@@ -20,7 +20,7 @@ MAX_LINES = 600
 
 # Lower layers never import from higher ones; a package may import from its own layer or below.
 LAYERS: dict[str, int] = {
-    "agentrft.types": 0, "agentrft.errors": 0, "agentrft.allocator": 0,
+    "agentrft.types": 0, "agentrft.errors": 0, "agentrft.allocator": 0, "agentrft.trust": 0,
     "agentrft.algo": 1, "agentrft.datasets": 1,
     "agentrft.config": 2,
     "agentrft.models": 3, "agentrft.tools": 3, "agentrft.graders": 3, "agentrft.machine": 3,

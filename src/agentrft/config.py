@@ -203,7 +203,7 @@ class Hyperparameters(_Section):
     learning_rate_multiplier: float | None = Field(None, gt=0)
     eval_interval: int | None = Field(None, ge=1)
     eval_samples: int | None = Field(None, ge=1)
-    compute_multiplier: float | None = Field(None, gt=0)
+    compute_multiplier: float | None = Field(None, gt=0, le=1000)  # bounded: group_size * it must be an int
     seed: int | None = None
     reasoning_effort: str | None = None  # accepted for compatibility; has no effect on local models
 
@@ -231,6 +231,10 @@ class TrainingConfig(_Section):
     (every OpenAI error flag except ``sample_parse_error``, which marks the model's output, not the grader)."""
     max_bad_steps: int = Field(3, ge=1)
     """Non-finite loss/gradient steps in a row before the run stops (last checkpoint intact)."""
+    stop_after_no_signal_steps: int | None = Field(None, ge=1)
+    """Stop the run after this many steps in a row without a learning signal (RFT: no group whose rewards
+    differ; DPO: every pair's chosen and rejected tokens identical; SFT: no trainable token; any method: a
+    gradient of exactly zero). Unset: such steps are only warned about and counted (``no_signal``)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto = float32 on CPU (bf16 is ~100× slower on CPUs), bfloat16 on GPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -384,6 +388,8 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
             raise ConfigError(f"cannot read config {source}: {e.strerror or e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config {source} is not valid YAML: {_one_line(e)}") from None
+        except (ValueError, RecursionError) as e:  # an int past 4300 digits, a bad date, nesting past the limit
+            raise ConfigError(f"config {source} is not valid YAML: {_one_line(e)}") from None
     else:
         raw = dict(source)
     if not isinstance(raw, dict):
@@ -420,11 +426,11 @@ def parse_override(item: str) -> tuple[str, Any]:
     key, text = item.split("=", 1)
     try:
         return key.strip(), yaml.safe_load(text)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: an int past 4300 digits, a bad date
         raise ConfigError(f"--set {item}: the value is not valid YAML ({_one_line(e)})") from None
 
 
-def _one_line(e: yaml.YAMLError) -> str:
+def _one_line(e: Exception) -> str:
     """A YAML error as one line: the problem and where."""
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
     mark = getattr(e, "problem_mark", None)

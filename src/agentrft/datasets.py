@@ -300,6 +300,8 @@ def _parsed_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield number, json.loads(text), None
             except json.JSONDecodeError as e:
                 yield number, None, f"invalid JSON: {e.msg} (column {e.colno})"
+            except (ValueError, RecursionError) as e:  # a number past int()'s 4300 digits, nesting past the limit
+                yield number, None, f"invalid JSON: {str(e).split(';')[0][:200]}"
 
 
 def read_jsonl_objects(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

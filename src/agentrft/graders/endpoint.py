@@ -19,6 +19,11 @@ read up to :data:`MAX_REPLY_BYTES`; a longer answer is not read further and
 is ``other_error`` at once (no retry: the service would send it again). The
 exchange runs on an async client awaited from the grading thread, because
 only cancellation stops a blocked read at the deadline.
+
+Egress: ``egress`` (an :class:`~agentrft.trust.EgressPolicy`, trusted by
+default) vets ``url`` when the grader is built -- a refused URL is
+:class:`~agentrft.trust.EgressDenied` before any connection -- and again as
+each request is sent.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import httpx
 from agentrft.graders.base import OTHER_ERROR, Grader, GradingFailure
 from agentrft.graders.spec import EndpointSpec
 from agentrft.tools.http_limits import LimitedAsyncClient, read_capped, run_blocking_http
+from agentrft.trust import TRUSTED_EGRESS, EgressPolicy
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -69,8 +75,10 @@ def expand_env(value: str) -> str:
 class EndpointGrader(Grader):
     spec: EndpointSpec
 
-    def __init__(self, spec: EndpointSpec, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(self, spec: EndpointSpec, transport: httpx.AsyncBaseTransport | None = None,
+                 egress: EgressPolicy = TRUSTED_EGRESS):
         super().__init__(spec)
+        transport = egress.guard(spec.url, f"endpoint grader {spec.name!r}", transport)
         self.reward_range = tuple(spec.range) if spec.range else None  # type: ignore[assignment]
         self.limiter = RateLimiter(spec.rate_limit_per_s)
         self._client = LimitedAsyncClient(  # used on the HTTP loop only

@@ -263,11 +263,15 @@ class Formula:
         return value
 
 
-@lru_cache(maxsize=512)
 def parse_formula(text: str) -> Formula:
     """Parse a formula; raise :class:`FormulaError` (flag ``formula_parse_error``) if it is not allowed."""
-    if not isinstance(text, str):
+    if not isinstance(text, str):  # before the cache, which cannot hash a list
         raise FormulaError("formula must be a string")
+    return _parse_formula(text)
+
+
+@lru_cache(maxsize=512)
+def _parse_formula(text: str) -> Formula:
     if len(text) > MAX_FORMULA_CHARS:
         raise FormulaError(f"formula longer than {MAX_FORMULA_CHARS} characters")
     if not text.strip():

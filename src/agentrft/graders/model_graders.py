@@ -35,6 +35,11 @@ reply longer than ``max_reply_bytes`` is not read further; either one is a
 ``max_retries``). The SDK's async client is awaited from the grading thread
 (:func:`~agentrft.tools.http_limits.run_blocking_http`), because only
 cancellation stops a blocked read at the deadline.
+
+Egress: ``JudgeConfig.egress`` (an :class:`~agentrft.trust.EgressPolicy`,
+trusted by default) vets the judge's base URL when the judge is built -- a
+refused one is :class:`~agentrft.trust.EgressDenied` before any connection --
+and again as each request is sent.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from agentrft.graders.base import MODEL_GRADER_PARSE_ERROR, MODEL_GRADER_SERVER_
 from agentrft.graders.spec import JudgeMessage, LabelModelSpec, SamplingParamsSpec, ScoreModelSpec
 from agentrft.graders.templates import render
 from agentrft.tools.http_limits import LimitedAsyncClient, run_blocking_http
+from agentrft.trust import TRUSTED_EGRESS, EgressPolicy
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class JudgeConfig:
     max_retries: int = 2  # the SDK's own retries (connection errors, timeouts, 408/409/429/5xx)
     max_reply_bytes: int = 1_000_000  # a longer reply is not read further: a server error
     format_instructions: bool = True  # append the output-format system message
+    egress: EgressPolicy = TRUSTED_EGRESS  # where base_url may point (agentrft.trust): a server's is restrictive
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "JudgeConfig":
@@ -89,6 +96,8 @@ class OpenAIChatJudge:
 
     def __init__(self, config: JudgeConfig | None = None):
         self.config = JudgeConfig.from_env() if config is None else config
+        self._transport = self.config.egress.guard(
+            self.config.base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1", "judge")
         self._client = None
         self._client_lock = threading.Lock()
 
@@ -105,7 +114,7 @@ class OpenAIChatJudge:
                     timeout=self.config.timeout_s,
                     max_retries=self.config.max_retries,
                     http_client=LimitedAsyncClient(max_reply_bytes=self.config.max_reply_bytes,
-                                                   timeout=self.config.timeout_s),
+                                                   timeout=self.config.timeout_s, transport=self._transport),
                 )
             return self._client
 

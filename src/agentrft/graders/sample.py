@@ -32,7 +32,7 @@ class SampleError(ValueError):
 def _parse_json(text: str) -> Any:
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # also a number past 4300 digits, nesting past the limit
         return None
 
 

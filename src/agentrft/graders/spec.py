@@ -92,6 +92,8 @@ class PythonSpec(_Spec):
             tree = ast.parse(source)  # parsing never executes the code
         except SyntaxError as e:
             raise ValueError(f"python source does not parse: {e.msg} (line {e.lineno})") from None
+        except (MemoryError, RecursionError):  # what CPython's parser raises for very deep nesting
+            raise ValueError("python source does not parse: it nests too deeply") from None
         if not any(isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == "grade" for n in tree.body):
             raise ValueError("python source must define a top-level function grade(sample, item)")
         return source
@@ -213,7 +215,10 @@ class _CostSpec(_Spec):
 
     @model_validator(mode="after")
     def _budget_above_target(self):
-        target, budget = self.bounds()
+        try:
+            target, budget = self.bounds()
+        except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
+            raise ValueError("target and budget must be below 1e308") from None
         if not budget > target:
             raise ValueError(f"budget ({budget}) must be greater than target ({target})")
         return self
@@ -335,8 +340,12 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise GraderSpecError(f"grader spec file not found: {p}") from None
-    except json.JSONDecodeError as e:
+    except OSError as e:  # a directory (the path "" is "."), a device, no permission
+        raise GraderSpecError(f"cannot read grader spec file {p}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:
         raise GraderSpecError(f"{p}: not valid JSON: {e}") from None
+    except ValueError as e:  # a number past int()'s 4300 digits, or text that is not UTF-8
+        raise GraderSpecError(f"{p}: not valid JSON: {str(e).split(';')[0][:200]}") from None
     return data
 
 

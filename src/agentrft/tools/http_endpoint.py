@@ -49,6 +49,12 @@ created lazily on the tools background loop (:func:`agentrft.tools.base.backgrou
 because httpx connection pools are bound to the loop that made them; calls
 arriving from any other loop are forwarded there.
 
+Egress: ``egress`` (an :class:`~agentrft.trust.EgressPolicy`, trusted by
+default; ``endpoint_clients(configs, egress=...)`` passes it on) vets
+``server_url`` when its :class:`EndpointClient` is built -- a refused URL is
+:class:`~agentrft.trust.EgressDenied` before any connection -- and again as
+each request is sent.
+
 The request ``id`` ("fc_...") is fresh for every tool call and kept across the
 retries of that call, so a server can use it to de-duplicate a retried request.
 """
@@ -73,6 +79,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agentrft.errors import ConfigError, ToolDefinitionError
 from agentrft.tools.base import Tool, ToolContext, ToolFailure, background_loop
 from agentrft.tools.http_limits import MAX_REPLY_BYTES_EXTENSION, LimitedAsyncClient, read_capped
+from agentrft.trust import TRUSTED_EGRESS, EgressPolicy
 from agentrft.types import TaskRow, ToolErrorKind
 
 T = TypeVar("T")
@@ -267,7 +274,9 @@ class EndpointClient:
         rate_limit_per_s: float | None = None,
         max_connections: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        egress: EgressPolicy = TRUSTED_EGRESS,
     ):
+        transport = egress.guard(server_url, "HTTP tool endpoint", transport)
         self.server_url = server_url
         self.max_concurrency = max_concurrency
         self.rate_limit_per_s = rate_limit_per_s

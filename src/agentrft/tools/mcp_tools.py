@@ -29,6 +29,11 @@ Failure policy (same as the HTTP endpoints):
   :meth:`MCPToolset.open`, which the rollout loop records as an
   environment set-up failure.
 
+Trust: ``egress`` (an :class:`~agentrft.trust.EgressPolicy`) vets an HTTP
+server's ``url`` and ``registry`` (an :class:`~agentrft.trust.McpRegistry`)
+admits a stdio server's launch when the toolset is built, before anything
+connects or starts; both are trusted by default.
+
 Requires ``mcp>=2.3`` (``MCPServer``, ``streamable_http_client`` with an
 ``httpx2`` client); imported lazily so the rest of agentrft works without it.
 """
@@ -46,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from agentrft.errors import AgentRFTError
 from agentrft.tools.base import ToolContext, ToolFailure
 from agentrft.tools.http_endpoint import MAX_OUTPUT_BYTES, expand_env_vars, on_background_loop, truncate_output
+from agentrft.trust import TRUSTED_EGRESS, TRUSTED_MCP_REGISTRY, EgressPolicy, McpRegistry
 from agentrft.types import ToolErrorKind
 
 __all__ = ["MCPServerConfig", "MCPServerError", "MCPTool", "MCPToolset", "mcp_result_text"]
@@ -166,8 +172,12 @@ class MCPToolset:
     lives on the tools background loop.
     """
 
-    def __init__(self, config: MCPServerConfig):
+    def __init__(self, config: MCPServerConfig, *, egress: EgressPolicy = TRUSTED_EGRESS,
+                 registry: McpRegistry = TRUSTED_MCP_REGISTRY):
         self.config = config
+        if config.command is not None:
+            registry.check_stdio(config.name, config.command, config.args, config.env, config.cwd)
+        self._http_transport = None if config.url is None else egress.guard(config.url, f"MCP server {config.name!r}")
         self._tools: list[MCPTool] | None = None
         self._session: Any = None
         self._owner: asyncio.Task[None] | None = None
@@ -279,6 +289,7 @@ class MCPToolset:
         http = httpx2.AsyncClient(
             headers=expand_env_vars(c.headers, c.describe()),
             timeout=httpx2.Timeout(c.startup_timeout_s, read=max(c.call_timeout_s, 300.0)),
+            transport=self._http_transport,
         )
         stack.push_async_callback(http.aclose)  # registered before the transport: closed after it
         assert c.url is not None

@@ -39,6 +39,12 @@ def _json_type(value: Any) -> str:
     return _JSON_TYPE.get(type(value), type(value).__name__)
 
 
+def _beyond_json_limits(e: ValueError | RecursionError) -> str:
+    """Why ``json`` refused text its grammar allows: a number past ``int()``'s 4300 digits, or nesting
+    past the recursion limit (a model can sample either; it is a malformed call, not a crash)."""
+    return "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0][:200]
+
+
 def _parse_call_body(body: str) -> ToolCall | str:
     """A :class:`ToolCall`, or the reason the block is malformed."""
     text = body.strip()
@@ -48,6 +54,8 @@ def _parse_call_body(body: str) -> ToolCall | str:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return f"invalid JSON: {e.msg} at char {e.pos}"
+    except (ValueError, RecursionError) as e:
+        return f"invalid JSON: {_beyond_json_limits(e)}"
     if not isinstance(obj, dict):
         return f'expected a JSON object {{"name": ..., "arguments": {{...}}}}, got {_json_type(obj)}'
     name = obj.get("name")
@@ -59,6 +67,8 @@ def _parse_call_body(body: str) -> ToolCall | str:
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
             return f"arguments of {name!r} is a string but not valid JSON: {e.msg} at char {e.pos}"
+        except (ValueError, RecursionError) as e:
+            return f"arguments of {name!r} is a string but not valid JSON: {_beyond_json_limits(e)}"
     if args is None:
         args = {}
     if not isinstance(args, dict):

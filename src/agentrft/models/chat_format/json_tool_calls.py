@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrft.models.chat_format.hermes_tool_calls import _parse_call_body
+from agentrft.models.chat_format.hermes_tool_calls import _parse_call_body, _beyond_json_limits
 from agentrft.types import ToolCall
 
 __all__ = ["JsonCalls", "parse_json_calls"]
@@ -62,6 +62,8 @@ def _array_items(text: str, pos: int) -> tuple[list[str], int, str | None]:
             _, end = _DECODER.raw_decode(text, i)
         except json.JSONDecodeError as e:
             return items, i, f"invalid JSON: {e.msg} at char {e.pos - pos}"
+        except (ValueError, RecursionError) as e:
+            return items, i, f"invalid JSON: {_beyond_json_limits(e)}"
         items.append(text[i:end])
         i = _skip(text, end, _WHITESPACE)
         if i < len(text) and text[i] == ",":
@@ -80,6 +82,8 @@ def _value_items(text: str, pos: int) -> tuple[list[str], int, str | None]:
         _, end = _DECODER.raw_decode(text, pos)
     except json.JSONDecodeError as e:
         return [], pos, f"invalid JSON: {e.msg} at char {e.pos - pos}"
+    except (ValueError, RecursionError) as e:
+        return [], pos, f"invalid JSON: {_beyond_json_limits(e)}"
     return [text[pos:end]], end, None
 
 

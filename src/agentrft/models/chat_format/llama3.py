@@ -146,7 +146,7 @@ def _starts_a_call(text: str) -> bool:
     """Whether text that starts with ``{`` opens a tool call rather than a JSON answer."""
     try:
         obj, _ = json.JSONDecoder().raw_decode(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, or a number/nesting past Python's limits
         return True  # broken JSON where a call would be: report it
     return not isinstance(obj, dict) or any(k in obj for k in _CALL_KEYS)
 

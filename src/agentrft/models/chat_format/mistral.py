@@ -140,7 +140,7 @@ def _result_json(content: str) -> str:
     """A tool result as mistral-common writes it: its JSON value when it is JSON, else a JSON string."""
     try:
         value: Any = json.loads(content)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError, or a number/nesting past Python's limits
         value = content
     return json.dumps(value, ensure_ascii=False)
 
