@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from agentrft.jobs.store import RunStore
+from agentrft.jobs.store import FINISHED_STATUSES, RunStore
 from agentrft.quickstart import QuickstartRecipe, run_quickstart
 
 TINY = dict(test_tasks=2, eval_batch=2, sft_demos=2, sft_steps=1, sft_batch=2, rft_steps=1, rft_tasks_per_step=1,
@@ -37,7 +37,8 @@ def test_quickstart_writes_every_stage_on_a_tiny_model(tmp_path, credit):
     assert result["verdict"] == on_disk["verdict"]
     with RunStore(on_disk["runs"]["rft"]) as store:
         run = store.get_run()
-        assert run["status"] == "completed" and run["resolved_config"]["rft"]["credit"] == credit
+        # a tiny random model's groups may all tie: the stage then runs to its end without a learning signal
+        assert run["status"] in FINISHED_STATUSES and run["resolved_config"]["rft"]["credit"] == credit
         assert run["resolved_config"]["init_from"] == on_disk["runs"]["sft"]
         assert len(store.trajectories(step=1)) == 2
     assert any(line.startswith("[rft] evaluating") for line in lines)

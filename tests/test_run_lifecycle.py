@@ -86,7 +86,8 @@ def test_sigterm_stops_the_run_with_a_status_and_a_message_then_it_resumes(tmp_p
     with RunStore(run_dir) as store:
         run = store.get_run()
         assert run["status"] == "stopped" and "SIGTERM" in run["message"] and "is intact" in run["message"]
-    again = subprocess.run([*AGENTRFT, "train", str(cfg), "--resume", "--set", "training.max_steps=3"],
+    again = subprocess.run([*AGENTRFT, "train", str(cfg), "--resume", "--allow-config-change",
+                            "--set", "training.max_steps=3"],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
 

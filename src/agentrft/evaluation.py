@@ -62,6 +62,15 @@ def grade_all(grade_fn: Callable[[Trajectory, TaskRow], Grade], trajs: list[Traj
         return list(pool.map(lambda tr: grade_safely(grade_fn, *tr), zip(trajs, rows)))
 
 
+MODEL_OUTPUT_ERROR = "sample_parse_error"
+"""The error flag that marks the model's output (no parseable answer), not a fault of the grader."""
+
+
+def is_grader_fault(grade: Grade) -> bool:
+    """Whether a grade carries a grader fault: any error flag but :data:`MODEL_OUTPUT_ERROR`."""
+    return any(v for k, v in grade.errors.items() if k != MODEL_OUTPUT_ERROR)
+
+
 def is_correct(grade: Grade, threshold: float) -> bool:
     """Accuracy convention: an explicit ``correct`` sub-reward if the grader gives one, else reward >= threshold."""
     if "correct" in grade.sub_rewards:
@@ -145,6 +154,11 @@ def summarize(graded: list[GradedRollout], wall_s: float, accuracy_threshold: fl
     ``tool_call_rate`` (share of rollouts with one), ``tool_error_rate`` (failed calls / calls) and
     ``schema_violations`` (records whose error kind is ``"schema_violation"``).
 
+    Grading, two different failures: ``grader_fault_rate`` is the share of rollouts whose grade carries a
+    grader fault (any error flag but ``sample_parse_error``: the grader's bug or outage, as the RFT loop's
+    error budget counts them); ``sample_parse_error_rate`` the share where the model gave no parseable answer
+    (the model's failure, scored as such).
+
     Time, two different measures:
 
     * ``seconds_per_rollout``: ``wall_s`` / rollouts, the throughput figure -- what a rollout costs when
@@ -175,7 +189,8 @@ def summarize(graded: list[GradedRollout], wall_s: float, accuracy_threshold: fl
         "sampled_tokens_mean": _mean(g.trajectory.num_sampled_tokens for g in ok),
         "turns_mean": _mean(g.trajectory.turns for g in ok),
         "rollout_span_s_mean": span,
-        "grader_error_rate": _mean(1.0 if g.grade.has_error else 0.0 for g in ok),
+        "grader_fault_rate": _mean(1.0 if is_grader_fault(g.grade) else 0.0 for g in ok),
+        "sample_parse_error_rate": _mean(1.0 if g.grade.errors.get(MODEL_OUTPUT_ERROR) else 0.0 for g in ok),
         "infra_failures": len(graded) - n,
         "stop_reasons": dict(Counter(g.trajectory.stop_reason.value if g.trajectory.stop_reason else "none"
                                      for g in graded)),

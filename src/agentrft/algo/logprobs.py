@@ -59,6 +59,19 @@ from torch import Tensor
 
 DEFAULT_CHUNK_SIZE = 512
 
+def _cache_keyword() -> str:
+    """The keyword a transformers model's ``forward`` takes its KV cache by (and the output field it returns it
+    in): ``cache`` since transformers renamed ``past_key_values``, whose use now warns (FutureWarning) and goes
+    in 5.40; ``past_key_values`` in the 5.x releases before the rename."""
+    import dataclasses
+
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    return "cache" if "cache" in {f.name for f in dataclasses.fields(BaseModelOutputWithPast)} else "past_key_values"
+
+
+CACHE_KEYWORD = _cache_keyword()
+
 PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo2", "smollm3"})
 """Architectures whose logits are ``lm_head(last_hidden_state)`` with nothing applied after the head."""
 
@@ -182,8 +195,8 @@ class SharedPrefix:
         out = model.get_decoder()(
             input_ids=ids, attention_mask=torch.ones((1, self.length), dtype=torch.long, device=ids.device),
             position_ids=torch.arange(start, self.length, device=ids.device).view(1, -1),
-            past_key_values=parent.cache(1) if parent is not None else DynamicCache(), use_cache=True)
-        self._outputs = [(layer.keys, layer.values) for layer in out.past_key_values.layers]  # [1, H, P, D] each
+            **{CACHE_KEYWORD: parent.cache(1) if parent is not None else DynamicCache()}, use_cache=True)
+        self._outputs = [(layer.keys, layer.values) for layer in getattr(out, CACHE_KEYWORD).layers]  # [1, H, P, D]
         self._leaves = [(k.detach().requires_grad_(k.requires_grad), v.detach().requires_grad_(v.requires_grad))
                         for k, v in self._outputs]
 
@@ -315,7 +328,7 @@ def _selected_logprobs(
             raise ValueError(f"a needed position ({int(cols.min())}) lies inside the shared prefix ({p} tokens)")
         positions = torch.arange(p, t, device=input_ids.device).expand(b, -1)  # [B, T-P]
         hidden = model.get_decoder()(input_ids=input_ids[:, p:], attention_mask=attention_mask,
-                                     position_ids=positions, past_key_values=prefix.cache(b),
+                                     position_ids=positions, **{CACHE_KEYWORD: prefix.cache(b)},
                                      use_cache=True).last_hidden_state  # [B, T-P, H]: positions P..T-1
     else:
         hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]

@@ -19,10 +19,13 @@ from agentrft.errors import AgentRFTError
 @click.option("--rebuild-store", is_flag=True,
               help="With --resume: if run.db is damaged, keep it aside and continue from the checkpoints with a new "
                    "store (the history it held is lost).")
+@click.option("--allow-config-change", is_flag=True,
+              help="With --resume: continue with a config that differs from the run's saved one (the differences "
+                   "are printed and recorded in run.db); without it such a resume is refused.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Override out_dir.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set training.max_steps=3 (value parsed as YAML).")
-def train_cmd(config: str, resume: bool, rebuild_store: bool, out_dir: str | None,
+def train_cmd(config: str, resume: bool, rebuild_store: bool, allow_config_change: bool, out_dir: str | None,
               overrides: tuple[str, ...]) -> None:
     """Train with CONFIG.yaml (method: sft | dpo | rft)."""
     from agentrft.config import load_config, parse_override
@@ -33,7 +36,8 @@ def train_cmd(config: str, resume: bool, rebuild_store: bool, out_dir: str | Non
         if out_dir:
             ov["out_dir"] = out_dir
         cfg = load_config(config, ov)
-        result = run_job(cfg, resume=resume, log=click.echo, rebuild_store=rebuild_store)
+        result = run_job(cfg, resume=resume, log=click.echo, rebuild_store=rebuild_store,
+                         allow_config_change=allow_config_change)
     except RunInterrupted as e:
         click.secho(f"run {e}", fg="yellow", err=True)
         sys.exit(128 + e.signum)  # the shell's convention for "ended by signal N"
@@ -44,7 +48,9 @@ def train_cmd(config: str, resume: bool, rebuild_store: bool, out_dir: str | Non
     else:
         click.echo("validation evals were off (training.eval_samples: 0)")
     click.echo(f"run directory: {result.run_dir}  steps: {result.steps}"
-               + ("  (stopped early: validation plateau)" if result.stopped_early else ""))
+               + ("  (stopped early: validation plateau)" if result.stopped_early else "")
+               + (f"  status: {result.status}" if result.status != "completed" else "")
+               + (f"  warning: {result.warning}" if result.warning else ""))
 
 
 @click.command("quickstart")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agentrft.errors import ModelNotFoundError
-from agentrft.jobs.store import DB_NAME, RunStore, StoreError
+from agentrft.jobs.store import DB_NAME, FINISHED_STATUSES, RunStore, StoreError
 
 __all__ = ["LINEAGE_KEYS", "VAL", "compare_runs", "config_diff", "find_runs", "flatten_config", "json_ready",
            "open_run", "run_details", "run_overview", "run_tokenizer", "step_rows", "stored_trajectory"]
@@ -96,7 +96,7 @@ def _total_steps(config: dict[str, Any], steps_done: int, status: str) -> int | 
     max_steps = (config.get("training") or {}).get("max_steps")
     if max_steps:
         return int(max_steps)
-    return steps_done if status == "completed" else None
+    return steps_done if status in FINISHED_STATUSES else None
 
 
 def _overview(run_dir: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -52,8 +52,11 @@ SCHEMA_VERSION = 2
 """2 added ``trajectories.split`` (validation rollouts are stored beside training samples)."""
 DB_NAME = "run.db"
 
-RunStatus = Literal["running", "completed", "failed", "stopped"]
-RUN_STATUSES: tuple[str, ...] = ("running", "completed", "failed", "stopped")
+RunStatus = Literal["running", "completed", "completed_no_signal", "failed", "stopped"]
+RUN_STATUSES: tuple[str, ...] = ("running", "completed", "completed_no_signal", "failed", "stopped")
+"""``completed_no_signal``: the run reached its last step, but no step had a learning signal, so the weights
+were never updated (:mod:`agentrft.train.no_signal`); a finished run all the same (checkpoints, evals)."""
+FINISHED_STATUSES: tuple[str, ...] = ("completed", "completed_no_signal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -259,6 +262,15 @@ class RunStore:
         d["resolved_config"] = json.loads(d["resolved_config"])
         d["hashes"] = json.loads(d["hashes"])
         return d
+
+    def update_config(self, resolved_config: Mapping[str, Any]) -> None:
+        """Replace the run's resolved config: a resume that was allowed to change it (the differences are
+        logged as a ``config_change`` event by the caller)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET resolved_config = ?, updated_at = ?",
+                             (canonical_json(dict(resolved_config)), time.time()))
+            if cur.rowcount == 0:
+                raise StoreError(f"{self.run_dir} has no run yet; call create_run first")
 
     def set_status(self, status: RunStatus, message: str | None = None) -> None:
         """Set the run's status; every change is also appended to ``events`` (kind ``status``)

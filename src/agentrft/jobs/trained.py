@@ -169,6 +169,13 @@ def load_any_model(spec: str | os.PathLike[str], *, device: str | None = None) -
     return LoadedModel(model, tokenizer, chat_format, description)
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def export_run(spec: str | os.PathLike[str], out: str | os.PathLike[str], *, dtype: str = "float32") -> Path:
     """Write the run's model (``RUN_DIR`` or ``RUN_DIR@step=N``) as a plain Hugging Face folder at ``out``.
 
@@ -212,6 +219,11 @@ def export_run(spec: str | os.PathLike[str], out: str | os.PathLike[str], *, dty
             "run_dir": str(loaded.run_dir), "step": loaded.step, "chat_format": chat_format, "dtype": dtype,
             "exported_at": time.time(), "source": loaded.description,
         }, indent=1))
+        # mkdtemp makes the folder 0700 and safetensors writes the weights 0600, whatever the umask: the
+        # export is a plain folder like any other, with the modes the user's umask gives
+        mask = _umask()
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.rename(tmp, out)

@@ -13,6 +13,7 @@ so no second model copy is needed. Full fine-tuning is one switch away.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,9 @@ def build_policy(cfg: JobConfig, model=None, tokenizer=None) -> Policy:
             target_modules=list(cfg.lora.target_modules),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lcfg)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated alias; nothing of ours to change
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model = get_peft_model(model, lcfg)
         if cfg.lora.train_top_layers is not None:
             _freeze_adapters_below(model, cfg.lora.train_top_layers)
     else:

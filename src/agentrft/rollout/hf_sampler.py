@@ -39,6 +39,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from agentrft.algo.logprobs import CACHE_KEYWORD
 from agentrft.models.onednn import Choice, choose
 from agentrft.rollout.fused_decoder import FusedDecoder, supports
 from agentrft.rollout.sampler import Completion, SamplingParams, TokenCallback
@@ -140,7 +141,7 @@ class HFSampler:
                 self._decoder = FusedDecoder(self.model, onednn=self.onednn)
             return self._decoder.forward(input_ids, attention_mask, position_ids, past)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past, use_cache=True, **self._keep_last)
+                         **{CACHE_KEYWORD: past}, use_cache=True, **self._keep_last)
         return out.logits[:, -1, :]
 
     def _weights_version(self) -> int:

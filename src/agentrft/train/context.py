@@ -57,11 +57,20 @@ class TrainerState:
     bad_steps: int = 0
     """Non-finite steps in a row."""
     evals_since_best: int = 0
+    updates: int = 0
+    """Steps whose update had a learning signal and a finite gradient; 0 at the end: ``completed_no_signal``."""
+    no_signal_steps: int = 0
+    """Steps without a learning signal (:mod:`agentrft.train.no_signal`), in all."""
+    no_signal_in_a_row: int = 0
+    """Of those, the ones since the last step with a signal (``training.stop_after_no_signal_steps``)."""
 
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any]) -> "TrainerState":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in saved.items() if k in names})
+        state = cls(**{k: v for k, v in saved.items() if k in names})
+        if "updates" not in saved:  # a checkpoint from before the count: its steps are taken to have learned
+            state.updates = state.step
+        return state
 
 
 class TrainingMethod(Protocol):

@@ -70,20 +70,31 @@ def preference_pair(row: dict[str, Any], chat_format) -> tuple[Trajectory, Traje
             demonstration_trajectory(prompt + rejected, tools, chat_format, task_id))
 
 
+def same_tokens(a: Trajectory, b: Trajectory) -> bool:
+    """Whether two records are one rollout, or two with the same tokens (a greedy twin): as a DPO pair they
+    have no preference to learn (loss log 2, gradient exactly 0)."""
+    return a is b or (bool(a.token_ids) and a.token_ids == b.token_ids and a.token_kinds == b.token_kinds)
+
+
 def mine_pairs(groups: list[list[tuple[Trajectory, float]]], min_margin: float = 0.1) -> list[tuple[Trajectory, Trajectory]]:
     """DPO pairs from RFT groups: the best vs the worst rollout of each task.
 
-    Groups whose best and worst rewards differ by less than ``min_margin`` give
-    no pair (no preference signal). Infra failures must be removed beforehand.
+    The rejected side is the lowest-rewarded rollout that scored strictly below the best and differs from it
+    in its tokens; a group gives no pair when there is none, or when the rewards differ by less than
+    ``min_margin`` (no preference signal). So ``min_margin: 0`` never pairs a rollout with itself (all rewards
+    tied) or with an equal-reward twin. Infra failures must be removed beforehand.
     """
     pairs = []
     for group in groups:
         if len(group) < 2:
             continue
-        best = max(group, key=lambda tr: tr[1])
-        worst = min(group, key=lambda tr: tr[1])
-        if best[1] - worst[1] >= min_margin:
-            pairs.append((best[0], worst[0]))
+        best, best_reward = max(group, key=lambda tr: tr[1])
+        below = [(t, r) for t, r in group if r < best_reward and not same_tokens(t, best)]
+        if not below:
+            continue
+        worst, worst_reward = min(below, key=lambda tr: tr[1])
+        if best_reward - worst_reward >= min_margin:
+            pairs.append((best, worst))
     return pairs
 
 
@@ -125,4 +136,4 @@ def steps_per_epoch(n_items: int, batch_size: int) -> int:
     return max(1, -(-n_items // batch_size))
 
 
-__all__ = ["demonstration_trajectory", "preference_pair", "supervised_trajectory", "mine_pairs", "pairs_from_records", "cycle_batches", "steps_per_epoch"]
+__all__ = ["demonstration_trajectory", "preference_pair", "supervised_trajectory", "mine_pairs", "same_tokens", "pairs_from_records", "cycle_batches", "steps_per_epoch"]

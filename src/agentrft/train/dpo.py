@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 import torch
+from tqdm import tqdm
 
 from agentrft.algo.batch import collate_trajectories
 from agentrft.algo.logprobs import token_logprobs
@@ -80,17 +81,24 @@ class DPOMethod:
         chosen = [c for c, _ in batch]
         rejected = [r for _, r in batch]
         b = collate_trajectories(chosen + rejected, [0.0] * (2 * len(batch)), pad_id=policy.pad_token_id).to(policy.device)
-        with torch.no_grad(), policy.reference() as ref_model:
-            ref = _sequence_logps(ref_model, b)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        policy.model.train()
-        pol = _sequence_logps(policy.model, b)
-        n = len(batch)
-        loss, stats = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], beta=ctx.cfg.dpo.beta)
-        nonfinite = not torch.isfinite(loss)
-        if not nonfinite:
-            loss.backward()
-        stepped, norm = optimizer_step(ctx, skip=nonfinite)
+        # a step is three long passes over 2 x batch_size whole trajectories: say which one is running
+        with tqdm(total=3, desc=f"dpo step {step}: reference", unit="pass", leave=False) as bar:
+            with torch.no_grad(), policy.reference() as ref_model:
+                ref = _sequence_logps(ref_model, b)
+            bar.set_description(f"dpo step {step}: policy", refresh=False)
+            bar.update(1)
+            ctx.optimizer.zero_grad(set_to_none=True)
+            policy.model.train()
+            pol = _sequence_logps(policy.model, b)
+            n = len(batch)
+            loss, stats = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], beta=ctx.cfg.dpo.beta)
+            nonfinite = not torch.isfinite(loss)
+            bar.set_description(f"dpo step {step}: backward", refresh=False)
+            bar.update(1)
+            if not nonfinite:
+                loss.backward()
+            stepped, norm = optimizer_step(ctx, skip=nonfinite)
+            bar.update(1)
         out = {"loss": float(loss.detach()) if stepped else float("nan"), "skipped": 0.0 if stepped else 1.0,
                "grad_norm": norm, "training_s": time.perf_counter() - t0}
         out.update({k: float(v) for k, v in stats.items()})

@@ -18,7 +18,11 @@ What makes it operable:
   one left off — the batch of a step is a pure function of (seed, step), and
   so is the sampling seed of a step (:meth:`JobConfig.step_rollout`);
 * a non-finite loss or gradient skips the update (reported); ``max_bad_steps``
-  in a row stop the run with the last checkpoint intact.
+  in a row stop the run with the last checkpoint intact;
+* a step without a learning signal is warned about and counted, and a run with none ends
+  ``completed_no_signal`` (:mod:`agentrft.train.no_signal`);
+* ``--resume`` keeps the run's saved config: another one is refused unless ``allow_config_change``
+  (:mod:`agentrft.train.run_directory`); a run that never wrote a checkpoint does not block a plain re-run.
 """
 
 from __future__ import annotations
@@ -41,8 +45,9 @@ from agentrft.config import JobConfig, Method
 from agentrft.envs.registry import get_env
 from agentrft.errors import AgentRFTError, ConfigError
 from agentrft.evaluation import EVAL_BATCH_SIZE, evaluate_rows, summarize
-from agentrft.jobs.checkpoint import load_latest_checkpoint, restore_checkpoint, save_checkpoint
+from agentrft.jobs.checkpoint import checkpoint_steps, load_latest_checkpoint, restore_checkpoint, save_checkpoint
 from agentrft.jobs.lock import RunDirectoryLock
+from agentrft.jobs.plot import plot_finished_run
 from agentrft.jobs.recovery import open_store_for_resume
 from agentrft.jobs.store import DB_NAME, RunStore, hash_file, hash_json
 from agentrft.models.policy import Policy, build_policy
@@ -50,7 +55,10 @@ from agentrft.rollout.hf_sampler import HFSampler
 from agentrft.tools.environment import EnvSpec
 from agentrft.train.context import GradeFn, TrainContext, TrainerState, TrainingMethod
 from agentrft.train.demonstrations import cycle_batches, steps_per_epoch
+from agentrft.train.no_signal import no_signal_reason, run_warning, stop_message
 from agentrft.train.optim import build_optimizer
+from agentrft.train.run_directory import (HOLDS_A_RUN, check_resume_config, describe, remove_store,
+                                          set_aside_unfinished_run)
 from agentrft.types import TaskRow
 
 class TrainingStopped(AgentRFTError):
@@ -103,6 +111,11 @@ class RunResult:
     best_eval_reward: float | None
     stopped_early: bool = False
     policy: Policy | None = None  # the trained policy, for callers that evaluate further (quickstart)
+    status: str = "completed"
+    """How the run ended: ``completed``, or ``completed_no_signal`` when no step updated the weights."""
+    no_signal_steps: int = 0
+    warning: str | None = None
+    """Steps without a learning signal, said for the end of the run (:func:`agentrft.train.no_signal.run_warning`)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -163,9 +176,12 @@ def check_data_files(cfg: JobConfig) -> dict[str, list]:
 def eval_policy(ctx: TrainContext, step: int) -> dict:
     """Roll out and grade the validation rows with :meth:`JobConfig.eval_rollout`; store their trajectories in
     run.db (``split='validation'``)."""
+    from tqdm import tqdm
+
     t0 = time.perf_counter()
-    graded = evaluate_rows(ctx.eval_rows, ctx.env, ctx.sampler, ctx.policy.chat_format, ctx.cfg.eval_rollout(),
-                           samples=1, batch_size=EVAL_BATCH_SIZE, grade=ctx.grade)
+    with tqdm(total=len(ctx.eval_rows), desc=f"eval at step {step}", unit="rollout", leave=False) as bar:
+        graded = evaluate_rows(ctx.eval_rows, ctx.env, ctx.sampler, ctx.policy.chat_format, ctx.cfg.eval_rollout(),
+                               samples=1, batch_size=EVAL_BATCH_SIZE, grade=ctx.grade, progress=bar.update)
     summary = summarize(graded, time.perf_counter() - t0)
     ctx.store.log_trajectories(step, [{**g.trajectory.to_dict(), "grade": g.grade.to_dict(), "reward": g.grade.reward}
                                       for g in graded], split="validation")
@@ -258,38 +274,53 @@ def _reward(cfg: JobConfig, env: EnvSpec | None, grade: GradeFn | None) -> Grade
 
 
 def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, grade: GradeFn | None = None,
-          log: Callable[[str], None] = print, rebuild_store: bool = False) -> tuple[TrainContext, TrainerState]:
+          log: Callable[[str], None] = print, rebuild_store: bool = False,
+          allow_config_change: bool = False) -> tuple[TrainContext, TrainerState]:
     """Build the run: its directory and store, the policy, the data, the optimizer and, with ``resume``, the
     state of the latest valid checkpoint. Returns a complete context and the state to continue from.
 
     A resume checks the store first (:mod:`agentrft.jobs.recovery`): a damaged ``run.db`` stops it, naming
-    the file, unless ``rebuild_store``."""
+    the file, unless ``rebuild_store``; then the config (:mod:`agentrft.train.run_directory`): one that
+    differs from the run's saved config stops it, listing the differences, unless ``allow_config_change``.
+    A plain start in the directory of a run that never wrote a checkpoint replaces that run; a start that
+    fails before its first step removes the store it made."""
     run_dir = Path(cfg.out_dir or f"runs/{cfg.method.value}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / DB_NAME).exists() and not resume:
-        raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it or choose another out_dir")
     if rebuild_store and not resume:
         raise ConfigError("--rebuild-store recovers a run's damaged store to resume it; it needs --resume")
+    if allow_config_change and not resume:
+        raise ConfigError("--allow-config-change lets a resumed run take a changed config; it needs --resume")
+    if (run_dir / DB_NAME).exists() and not resume and checkpoint_steps(run_dir):
+        raise ConfigError(HOLDS_A_RUN.format(run_dir=run_dir))
     _check_reward_source(cfg, grade)  # before the run directory exists: a refused job leaves nothing behind
     invalid = check_data_files(cfg)
     lock = RunDirectoryLock(run_dir).acquire()  # released by run_job; a second job here is refused
     try:
-        return _setup_locked(cfg, run_dir, lock, invalid, resume=resume, model=model, tokenizer=tokenizer,
-                             grade=grade, log=log, rebuild_store=rebuild_store)
+        if (run_dir / DB_NAME).exists() and not resume:  # again, now that no other job can be creating it
+            set_aside_unfinished_run(run_dir, log)
+        if resume:
+            store, rebuilt = open_store_for_resume(run_dir, rebuild=rebuild_store)
+        else:
+            store, rebuilt = RunStore(run_dir), None
+        try:
+            return _setup_locked(cfg, run_dir, lock, store, invalid, resume=resume, model=model, tokenizer=tokenizer,
+                                 grade=grade, log=log, rebuilt=rebuilt, allow_config_change=allow_config_change)
+        except BaseException:
+            store.close()
+            if not resume:  # a start that failed before its first step leaves nothing to resume: no store
+                remove_store(run_dir)
+            raise
     except BaseException:
         lock.release()
         raise
 
 
-def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, invalid: dict[str, list], *, resume: bool,
-                  model, tokenizer, grade: GradeFn | None, log: Callable[[str], None],
-                  rebuild_store: bool) -> tuple[TrainContext, TrainerState]:
-    if (run_dir / DB_NAME).exists() and not resume:  # again, now that no other job can be creating it
-        raise ConfigError(f"run directory {run_dir} already holds a run; pass --resume to continue it")
-    rebuilt = None
-    if resume:
-        store, rebuilt = open_store_for_resume(run_dir, rebuild=rebuild_store)
-    else:
-        store = RunStore(run_dir)
+def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, store: RunStore, invalid: dict[str, list],
+                  *, resume: bool, model, tokenizer, grade: GradeFn | None, log: Callable[[str], None],
+                  rebuilt: str | None, allow_config_change: bool) -> tuple[TrainContext, TrainerState]:
+    cfg = _pin_cpu_matmul(cfg, store)
+    run = store.get_run()
+    changes = (check_resume_config(run_dir, run["resolved_config"], cfg, allow_change=allow_config_change)
+               if resume and run is not None else {})  # refused before anything is written
     if rebuilt:
         log(f"resume: {rebuilt}")
     for path, errors in invalid.items():
@@ -297,7 +328,6 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, invalid
             log(f"skipped {err}")
         store.log_event("invalid_rows", f"{path}: {len(errors)} invalid row(s) skipped (data.skip_invalid_rows)",
                         {"file": path, "count": len(errors), "rows": [str(e) for e in errors]})
-    cfg = _pin_cpu_matmul(cfg, store)
     seed_everything(cfg.seed)
 
     env, train_rows, eval_rows, reward = _tasks(cfg, grade)
@@ -316,6 +346,7 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, invalid
     if resume:
         info = load_latest_checkpoint(run_dir)
         if info is None:
+            store.discard_after(0)  # every step is run again
             store.log_event("resume", "no checkpoint found; starting from step 0")
             log("resume: no checkpoint yet, starting from step 0")
         else:
@@ -328,6 +359,12 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, invalid
                          hashes=_hashes(cfg, env, train_rows, reward), created_at=time.time())
     if rebuilt:
         store.log_event("store_rebuilt", rebuilt, step=state.step)
+    if changes:
+        lines = describe(changes)
+        log("\n".join(["resume: continuing with a changed config (--allow-config-change):", *lines]))
+        store.log_event("config_change", "\n".join(["resumed with a changed config:", *lines]),
+                        {"changes": {k: [old, new] for k, (old, new) in changes.items()}}, step=state.step)
+        store.update_config(cfg.model_dump(mode="json"))
     store.set_status("running")
     rt = _runtime(cfg)
     store.log_event("runtime", f"torch {rt['torch']}, {rt['threads']} threads, {rt['allocator']} allocator, "
@@ -336,25 +373,31 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, invalid
 
 
 def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
-            grade: GradeFn | None = None, log: Callable[[str], None] = print, rebuild_store: bool = False) -> RunResult:
+            grade: GradeFn | None = None, log: Callable[[str], None] = print, rebuild_store: bool = False,
+            allow_config_change: bool = False) -> RunResult:
     """Run a training job to completion (or early stop); returns where it lives and its final eval.
 
     ``grade`` (a ``(trajectory, row) -> Grade`` function) overrides the reward
     for Python callers; from YAML, use the ``grader`` spec. ``rebuild_store`` (with ``resume``) recovers a
-    damaged ``run.db`` from the checkpoints (:mod:`agentrft.jobs.recovery`).
+    damaged ``run.db`` from the checkpoints (:mod:`agentrft.jobs.recovery`). ``allow_config_change`` (with
+    ``resume``) continues with a config that differs from the run's saved one, recording the change.
     """
     ctx, state = setup(cfg, resume=resume, model=model, tokenizer=tokenizer, grade=grade, log=log,
-                       rebuild_store=rebuild_store)
+                       rebuild_store=rebuild_store, allow_config_change=allow_config_change)
     try:
         with _stop_on_signals():
-            last_eval, stopped_early = _train(ctx, state, log)
+            last_eval, stopped_early, status = _train(ctx, state, log)
     finally:
         ctx.lock.release()
-    return RunResult(ctx.run_dir, state.step, last_eval, state.best_eval_reward, stopped_early, ctx.policy)
+        plot_finished_run(ctx.run_dir, log)  # RUN_DIR/metrics.png; never fails the run
+    warning = run_warning(ctx.cfg.method, state.step, state.no_signal_steps, state.updates)
+    return RunResult(ctx.run_dir, state.step, last_eval, state.best_eval_reward, stopped_early, ctx.policy, status,
+                     state.no_signal_steps, warning)
 
 
-def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -> tuple[dict, bool]:
-    """The loop from ``state`` to the last step; records how the run ended. Returns (final eval, stopped early)."""
+def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -> tuple[dict, bool, str]:
+    """The loop from ``state`` to the last step; records how the run ended. Returns (final eval, stopped early,
+    final status)."""
     from tqdm import tqdm
 
     cfg = ctx.cfg
@@ -362,6 +405,11 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -
     last_eval: dict | None = None
     stopped_early = False
     bar = tqdm(total=ctx.total_steps, initial=state.step, desc=f"{cfg.method.value}", unit="step", leave=False)
+
+    def say(line: str) -> None:  # lines between the bars, never through them
+        with tqdm.external_write_mode():
+            log(line)
+
     try:
         while state.step < ctx.total_steps:
             step = state.step + 1
@@ -370,10 +418,13 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -
             metrics = method.step(ctx, batch, step)
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics["lr"] = ctx.scheduler.get_last_lr()[0]
-            _record_step(ctx, state, step, metrics)
+            no_signal = no_signal_reason(cfg.method, batch, metrics)
+            _record_step(ctx, state, step, metrics, no_signal)
             evaluated = _eval_and_checkpoint(ctx, state)
             last_eval = evaluated or last_eval
-            log(_one_line(step, ctx.total_steps, metrics, evaluated))
+            say(_one_line(step, ctx.total_steps, metrics, evaluated))
+            if no_signal:
+                say(f"warning: step {step} had no learning signal: {no_signal}")
             bar.update(1)
             if _plateaued(ctx, state):
                 stopped_early = True
@@ -394,13 +445,29 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -
         raise
     finally:
         bar.close()
-    ctx.store.set_status("completed")
-    return last_eval, stopped_early
+    status = "completed" if state.updates or not state.step else "completed_no_signal"
+    ctx.store.set_status(status, None if status == "completed" else
+                         run_warning(cfg.method, state.step, state.no_signal_steps, state.updates))
+    return last_eval, stopped_early, status
 
 
-def _record_step(ctx: TrainContext, state: TrainerState, step: int, metrics: dict[str, Any]) -> None:
-    """Store the step's metrics and advance the state; stop after ``max_bad_steps`` non-finite steps in a row."""
+def _record_step(ctx: TrainContext, state: TrainerState, step: int, metrics: dict[str, Any],
+                 no_signal: str | None) -> None:
+    """Store the step's metrics and advance the state; stop after ``max_bad_steps`` non-finite steps in a row,
+    or ``stop_after_no_signal_steps`` steps without a learning signal in a row."""
+    if no_signal:
+        state.no_signal_steps += 1
+        state.no_signal_in_a_row += 1
+    else:
+        state.no_signal_in_a_row = 0
+        state.updates += 0 if metrics.get("skipped") else 1
+    metrics.update(no_signal=float(no_signal is not None), no_signal_steps=float(state.no_signal_steps))
     ctx.store.log_metrics(step, metrics, split="train")
+    if no_signal:
+        ctx.store.log_event("no_signal", f"step {step}: no learning signal: {no_signal}", step=step)
+    limit = ctx.cfg.training.stop_after_no_signal_steps
+    if limit and state.no_signal_in_a_row >= limit:
+        raise TrainingStopped(stop_message(ctx.cfg.method, state.no_signal_in_a_row, step, no_signal))
     if metrics.get("skipped"):
         state.bad_steps += 1
         ctx.store.log_event("nonfinite_skip", f"step {step}: non-finite loss or gradient; update skipped", step=step)
