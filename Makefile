@@ -54,6 +54,9 @@ bench: setup
 	$(PY) bench/grpo_vs_trl.py --json bench/results/grpo_vs_trl.json
 	$(PY) bench/prefix_cache.py --json bench/results/prefix_cache.json
 	$(PY) bench/serve_throughput.py --json bench/results/serve_throughput.json
+	$(PY) bench/sft_throughput.py --json bench/results/sft_throughput.json
+	$(PY) bench/python_grader_overhead.py --json bench/results/python_grader_overhead.json
+	$(PY) bench/function_calling/pipeline.py --out out/fc --json bench/results/function_calling.json
 
 clean:
 	rm -rf $(VENV) $(QUICKSTART_OUT) .pytest_cache

@@ -82,5 +82,7 @@ def quickstart_cmd(out: str, model: str, test_tasks: int | None, sft_steps: int 
                + f"; {v['fewer_tool_calls_share']:.0%} fewer tool calls)")
     click.echo(f"total wall time {result['wall_s']:.0f} s; wrote {Path(out) / 'quickstart.json'}")
     rft_run = result["runs"]["rft"]
-    click.echo(f"next: agentrft eval --model {rft_run} --split test   # the trained agent on any split\n"
-               f"      agentrft serve --model {rft_run}               # OpenAI-compatible endpoint (docs/serving.md)")
+    click.echo(f"next: agentrft eval --model {rft_run} --env finance --split test --out {Path(out) / 'eval-test'}"
+               "   # the trained agent on the whole test split\n"
+               f"      agentrft serve --model {rft_run} --served-name agent"
+               "   # an OpenAI-compatible endpoint (docs/serving.md)")

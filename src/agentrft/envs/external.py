@@ -59,10 +59,15 @@ def load_tools_config(source: str | Path | dict[str, Any] | None) -> ToolsConfig
             raise ConfigError(f"tools config not found: {source}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"tools config {source} is not valid YAML: {e}") from None
+    where = f" {source}" if isinstance(source, (str, Path)) else ""
+    if not isinstance(raw, dict):
+        hint = " (a list of endpoint tools goes under 'endpoints:')" if isinstance(raw, list) else ""
+        raise ConfigError(f"invalid tools config{where}: expected a mapping with 'endpoints' and/or 'mcp_servers', "
+                          f"got {type(raw).__name__}{hint}")
     try:
         return ToolsConfig.model_validate(raw)
     except ValidationError as e:
-        lines = [f"invalid tools config {source if isinstance(source, (str, Path)) else ''}:".strip()]
+        lines = [f"invalid tools config{where}:"]
         for err in e.errors():
             lines.append(f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
