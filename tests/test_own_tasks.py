@@ -272,3 +272,15 @@ def test_example_configs_read_their_files_in_openai_formats(monkeypatch):
         assert check_data_files(cfg) == {}
     assert kinds == {"bench/function_calling/data/sft_train.jsonl": "supervised",
                      "bench/function_calling/data/rft_train.jsonl": "task"}
+
+
+def test_grader_variance_on_your_data(files):
+    """`grader variance --data`: the learning-signal check on your own tasks, with progress shown."""
+    from agentrft.models.loading import save_tiny_model
+
+    model = save_tiny_model(files / "tiny")
+    res = CliRunner().invoke(main, ["grader", "variance", str(files / "grader.json"), "--model", str(model),
+                                    "--data", str(files / "tasks.jsonl"), "--limit", "2", "--samples", "2",
+                                    "--max-new-tokens", "4", "--max-turns", "1"])
+    assert res.exit_code == 0, res.output
+    assert "2 tasks x 2 samples" in res.output and "variance data" in res.output

@@ -277,8 +277,11 @@ def variance_cmd(spec: str, model: str, env_name: str | None, split: str, data: 
         sampler, chat_format = sampler_and_format(model, "auto")  # a run directory: its weights and chat format
     except AgentRFTError as e:
         _fail(str(e))
-    graded = evaluate_rows(rows, source.env, sampler, chat_format, cfg, samples=samples, batch_size=max(samples, 8),
-                           grade=g.grade)
+    from tqdm import tqdm
+
+    with tqdm(total=len(rows) * samples, desc=f"variance {source.env.name}", unit="rollout", file=sys.stderr) as bar:
+        graded = evaluate_rows(rows, source.env, sampler, chat_format, cfg, samples=samples,
+                               batch_size=max(samples, 8), grade=g.grade, progress=bar.update)
     report = variance_report(graded, samples)
     click.echo(f"grader {g.name!r} version {g.version}: {len(rows)} tasks x {samples} samples")
     click.echo(f"  mean reward {report['reward_mean']:.3f}; mean per-task std {report['per_task_std_mean']:.3f}")
