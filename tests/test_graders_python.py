@@ -24,6 +24,7 @@ from agentrft.graders.python_grader import (
     pid_namespace_available,
     process_containment,
 )
+from process_probe import pids_with
 
 FAST = PythonLimits(timeout_s=10, cpu_s=5, memory_mb=1024)
 
@@ -120,33 +121,15 @@ CONTAINMENTS = [
 ]
 
 
-def _pids_with(token: str) -> list[int]:
-    """Host pids of the live processes (zombies count as gone) whose command line holds ``token``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                if token.encode() not in f.read():
-                    continue
-            with open(f"/proc/{name}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    found.append(int(name))
-        except (OSError, IndexError):
-            pass
-    return found
-
-
 def _none_left_within(token: str, seconds: float) -> bool:
     give_up = time.monotonic() + seconds
-    while _pids_with(token) and time.monotonic() < give_up:
+    while pids_with(token) and time.monotonic() < give_up:
         time.sleep(0.05)
-    return not _pids_with(token)
+    return not pids_with(token)
 
 
 def _kill_leftovers(token: str) -> None:
-    for pid in _pids_with(token):
+    for pid in pids_with(token):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

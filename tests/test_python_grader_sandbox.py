@@ -24,6 +24,7 @@ from agentrft.graders import python_sandbox
 from agentrft.graders.python_grader import UNSAFE_ENV, worker_spec
 from agentrft.graders.python_pool import pool_for
 from agentrft.tools.sandbox import bwrap_available
+from process_probe import pids_with
 
 pytestmark = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap cannot run here")
 
@@ -41,29 +42,11 @@ def _runtime_error(grade, *fragments: str) -> bool:
             and all(f in text for f in fragments))
 
 
-def _pids_with(token: str) -> list[int]:
-    """Host pids of live processes (zombies count as gone) whose command line holds ``token``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                if token.encode() not in f.read():
-                    continue
-            with open(f"/proc/{name}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
-                    found.append(int(name))
-        except (OSError, IndexError):
-            pass
-    return found
-
-
 def _gone_within(token: str, seconds: float) -> bool:
     give_up = time.monotonic() + seconds
-    while _pids_with(token) and time.monotonic() < give_up:
+    while pids_with(token) and time.monotonic() < give_up:
         time.sleep(0.05)
-    leftovers = _pids_with(token)
+    leftovers = pids_with(token)
     for pid in leftovers:  # never leave them to the next test
         os.kill(pid, signal.SIGKILL)
     return not leftovers
