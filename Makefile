@@ -12,9 +12,10 @@ HASH := $(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.agentrft-installed-$(HASH)
 QUICKSTART_OUT ?= quickstart-out
 PYTEST_ARGS ?=
-# Debian packages the project uses: bubblewrap (sandbox for model-written code) and tcmalloc (the
-# allocator the agentrft command runs on: a CPU training step 1.4x faster, see src/agentrft/allocator.py).
-APT_PACKAGES := bubblewrap libtcmalloc-minimal4
+# Debian packages the project uses: bubblewrap (sandbox for model-written code), tcmalloc (the
+# allocator the agentrft command runs on: a CPU training step 1.4x faster, see src/agentrft/allocator.py)
+# and chromium (the headless browser the dashboard tests drive with Playwright).
+APT_PACKAGES := bubblewrap libtcmalloc-minimal4 chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps quickstart test eval bench clean
@@ -24,6 +25,7 @@ setup: system-deps $(STAMP)
 system-deps:
 	@missing=""; command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
 	/sbin/ldconfig -p 2>/dev/null | grep -q libtcmalloc_minimal.so.4 || missing="$$missing libtcmalloc-minimal4"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agentrft.algo.advantages import AdvantageEstimator, Credit
 from agentrft.algo.losses import Aggregation, PolicyLoss
@@ -244,6 +244,37 @@ class TrainingConfig(_Section):
     (see :mod:`agentrft.models.onednn`). No effect on GPU or in bfloat16."""
 
 
+class WandbSinkConfig(_Section):
+    """Weights & Biases, offline only: the run's metrics as a local W&B run that ``wandb sync DIR`` can upload
+    later. agentrft never logs in or sends anything over the network (``online`` is refused)."""
+
+    mode: str = "offline"
+    """``offline`` (write the W&B run files locally) or ``disabled`` (keep the section, write nothing)."""
+    project: str = "agentrft"
+    """W&B project name recorded in the offline run (used when it is synced)."""
+    dir: str | None = None
+    """Folder in which W&B makes its ``wandb/`` folder of ``offline-run-*`` runs; default the run directory
+    (so ``RUN_DIR/wandb``)."""
+
+    @field_validator("mode")
+    @classmethod
+    def _offline_only(cls, mode: str) -> str:
+        if mode not in ("offline", "disabled"):
+            raise ValueError(f"{mode!r}: only 'offline' or 'disabled'; agentrft never sends metrics over the "
+                             "network (upload an offline run with `wandb sync DIR`)")
+        return mode
+
+
+class SinksConfig(_Section):
+    """Where step and validation metrics go besides ``run.db``, which stays the source of truth. A sink that
+    fails to write is switched off with a ``sink_failed`` event; it never fails the run."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files to ``RUN_DIR/tensorboard`` (needs ``tensorboardX``)."""
+    wandb: WandbSinkConfig | None = None
+    """Write an offline Weights & Biases run (needs ``wandb``); unset: no W&B."""
+
+
 class JobConfig(_Section):
     method: Method
     model: str = "smollm2-135m"
@@ -267,6 +298,8 @@ class JobConfig(_Section):
     tools: dict[str, Any] | str | None = None
     """External tools (``endpoints``, ``mcp_servers``; inline or a tools.yaml path) for tasks from
     ``data.train_file``/``data.eval_file``, instead of a built-in environment's tools."""
+    sinks: SinksConfig = SinksConfig()
+    """Metric sinks besides ``run.db``: TensorBoard event files, an offline W&B run."""
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "JobConfig":

@@ -20,6 +20,7 @@ from agentrft.cli.info import info_cmd
 from agentrft.cli.measure import envs_cmd, eval_cmd, models_cmd, rollout_cmd, tasks_cmd
 from agentrft.cli.runs import runs
 from agentrft.cli.serve import export_cmd, serve_cmd
+from agentrft.cli.server import server_cmd, server_key
 from agentrft.cli.train import quickstart_cmd, train_cmd
 
 __all__ = ["entry", "main"]
@@ -31,7 +32,7 @@ def main() -> None:
 
 
 for command in (models_cmd, info_cmd, envs_cmd, tasks_cmd, eval_cmd, rollout_cmd, train_cmd, quickstart_cmd,
-                export_cmd, serve_cmd, grader, runs):
+                export_cmd, serve_cmd, server_cmd, server_key, grader, runs):
     main.add_command(command)
 
 

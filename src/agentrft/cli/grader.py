@@ -24,8 +24,9 @@ from agentrft.errors import AgentRFTError
 from agentrft.graders.batch import grade_batch
 from agentrft.graders.loader import load_grader
 from agentrft.graders.model_graders import JudgeConfig
+from agentrft.graders.operations import run_grader, validate_grader
 from agentrft.graders.probes import run_probes
-from agentrft.graders.spec import grader_version, parse_spec, read_spec
+from agentrft.graders.spec import grader_version
 
 
 def _fail(message: str) -> None:
@@ -117,8 +118,12 @@ def judge_options(f):
     return f
 
 
+def _judge_config(judge_base_url=None, judge_api_key=None, judge_model=None) -> JudgeConfig:
+    return JudgeConfig(base_url=judge_base_url, api_key=judge_api_key, model=judge_model)
+
+
 def _load(spec_path: str, judge_base_url=None, judge_api_key=None, judge_model=None):
-    judge = JudgeConfig(base_url=judge_base_url, api_key=judge_api_key, model=judge_model)
+    judge = _judge_config(judge_base_url, judge_api_key, judge_model)
     try:
         return load_grader(spec_path, judge=judge)
     except AgentRFTError as e:
@@ -135,7 +140,7 @@ def grader() -> None:
 def validate_cmd(spec: str) -> None:
     """Check SPEC (a grader JSON file) and print its type, name and version."""
     try:
-        parsed = parse_spec(read_spec(spec))
+        parsed = validate_grader(spec)
     except AgentRFTError as e:
         _fail(str(e))
     click.echo(f"ok: {parsed.type} grader {parsed.name!r}, version {grader_version(parsed)}")
@@ -166,9 +171,12 @@ def run_cmd(spec: str, sample_text: str | None, sample_file: IO[str] | None, sam
     are now output text like any other (a note on stderr points to --sample-object / --sample-file).
     """
     sample = _run_sample(sample_text, sample_file, sample_object, sample_object_file)
-    g = _load(spec, **judge)
-    grade = g.grade(sample, _json_or_file(item_arg, "--item"))
-    click.echo(json.dumps(grade.to_dict(), indent=2))
+    item = _json_or_file(item_arg, "--item")
+    try:
+        run = run_grader(spec, sample, item, judge=_judge_config(**judge))
+    except AgentRFTError as e:
+        _fail(str(e))
+    click.echo(json.dumps(run.grade.to_dict(), indent=2))
 
 
 def _check_case(case: dict[str, Any], reward: float, flags: list[str]) -> str | None:

@@ -34,6 +34,7 @@ from agentrft.tools.base import Tool
 from agentrft.tools.environment import Environment, EnvSpec
 from agentrft.tools.http_endpoint import EndpointClient, EndpointToolConfig, endpoint_clients, endpoint_tools_for_row
 from agentrft.tools.mcp_tools import MCPServerConfig, MCPToolset
+from agentrft.trust import TRUSTED_JOB, JobTrust, job_trust
 from agentrft.types import TaskRow
 
 
@@ -76,16 +77,17 @@ def load_tools_config(source: str | Path | dict[str, Any] | None) -> ToolsConfig
 class ExternalToolsEnvironment(Environment):
     """Per-rollout environment whose tools live elsewhere (HTTP endpoints, MCP servers)."""
 
-    def __init__(self, config: ToolsConfig, clients: dict[str, EndpointClient]):
+    def __init__(self, config: ToolsConfig, clients: dict[str, EndpointClient], trust: JobTrust = TRUSTED_JOB):
         self._config = config
         self._clients = clients
+        self._trust = trust
         self._row: TaskRow = {}
         self._toolsets: list[MCPToolset] = []
 
     async def asetup(self, row: TaskRow) -> None:
         self._row = row
         for server in self._config.mcp_servers:
-            toolset = MCPToolset(server)
+            toolset = MCPToolset(server, egress=self._trust.egress, registry=self._trust.mcp_registry)
             await toolset.open()
             self._toolsets.append(toolset)
 
@@ -107,7 +109,8 @@ class ExternalToolsEnvironment(Environment):
 def external_env_spec(rows: list[TaskRow], tools: ToolsConfig, grade, name: str = "data") -> EnvSpec:
     """The generic environment of a task file: each row's own ``tools`` (schema-only unless an endpoint or
     MCP server of ``tools`` implements them), no system prompt or tool of ours, and ``grade``."""
-    clients = endpoint_clients(tools.endpoints)
+    trust = job_trust()  # read here, where the job is built: rollouts run on other threads
+    clients = endpoint_clients(tools.endpoints, egress=trust.egress)
     served = [f"{len(tools.endpoints)} HTTP endpoint(s)"] if tools.endpoints else []
     served += [f"{len(tools.mcp_servers)} MCP server(s)"] if tools.mcp_servers else []
     return EnvSpec(
@@ -116,6 +119,6 @@ def external_env_spec(rows: list[TaskRow], tools: ToolsConfig, grade, name: str 
                                              " (schema-only: the calls are the output)"),
         splits=("data",),
         load_split=lambda split: list(rows),
-        make_env=lambda row: ExternalToolsEnvironment(tools, clients),
+        make_env=lambda row: ExternalToolsEnvironment(tools, clients, trust),
         grade=grade,
     )

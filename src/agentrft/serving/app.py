@@ -40,22 +40,37 @@ def create_app(sampler: Sampler, chat_format: ChatFormat, settings: ServerSettin
     app.state.max_context = max_context
     app.state.created = int(time.time())
     app.state.preparing = 0  # chat completion requests being read or rendered right now
-    app.add_exception_handler(APIError, _api_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    add_error_handlers(app)
     app.include_router(models.router)
     app.include_router(chat.router)
     return app
 
 
-@contextlib.asynccontextmanager
-async def _engine_running(app: FastAPI):
+def start_engine(app: FastAPI) -> None:
+    """Start the app's sampler worker and tokenizer thread: what its lifespan does, for an app that another
+    app forwards requests to (the platform's models, loaded on first use) and so never gets a lifespan."""
     app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentrft-tokenizer")
     app.state.engine.start()
+
+
+def stop_engine(app: FastAPI) -> None:
+    app.state.engine.stop()
+    app.state.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.asynccontextmanager
+async def _engine_running(app: FastAPI):
+    start_engine(app)
     try:
         yield
     finally:
-        app.state.engine.stop()
-        app.state.tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+        stop_engine(app)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Render :class:`APIError` and Starlette's own errors as OpenAI's error JSON."""
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
 
 
 async def _api_error(request: Request, e: APIError) -> JSONResponse:

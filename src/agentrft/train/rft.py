@@ -45,6 +45,16 @@ RESAMPLE_SEED_STRIDE = 104_729
 """Offsets the data order and sampling seeds of each ``rft.resample_rounds`` round from the step's own."""
 
 
+def _log_trajectories(ctx: TrainContext, step: int, trajs: list[Trajectory], grades: list,
+                      advantages: dict[int, float | list[float]] | None = None) -> None:
+    """Store a step's trajectories with their grades and, once computed, ``advantage``: what trajectory ``i``
+    was trained with (a float, or one value per assistant turn with ``per_turn`` credit), None when it was not
+    trained on (an infra failure, a filtered zero-variance group). The dashboard shows it on each sampled token."""
+    advantages = advantages or {}
+    ctx.store.log_trajectories(step, [{**t.to_dict(), "grade": g.to_dict(), "reward": g.reward,
+                                       "advantage": advantages.get(i)} for i, (t, g) in enumerate(zip(trajs, grades))])
+
+
 def _flat(trajs: list[Trajectory], grades: list, k: int, group: int) -> bool:
     """Whether task ``k``'s group gives no signal: under two usable rollouts, or all rewards equal."""
     rewards = [grades[i].reward for i in range(k * group, (k + 1) * group) if not trajs[i].is_infra_failure]
@@ -69,8 +79,12 @@ class RFTMethod:
                 break
             # a pure function of (seed, step, round): a resumed run draws and samples the same tasks
             extra = cycle_batches(ctx.items, missing, step, seed=cfg.seed + RESAMPLE_SEED_STRIDE * r)
-            more = self._collect(ctx, extra, rcfg.model_copy(update={"seed": rcfg.seed + RESAMPLE_SEED_STRIDE * r}),
-                                 step)
+            seeded = rcfg.model_copy(update={"seed": rcfg.seed + RESAMPLE_SEED_STRIDE * r})
+            try:
+                more = self._collect(ctx, extra, seeded, step)
+            except GraderFailure:
+                _log_trajectories(ctx, step, trajs, grades)  # the rounds before the failed one
+                raise
             rows, trajs, grades = rows + more[0], trajs + more[1], grades + more[2]
             sampling_s, grading_s, resampled = sampling_s + more[3], grading_s + more[4], resampled + len(extra)
 
@@ -88,6 +102,7 @@ class RFTMethod:
                     a, zv = turn_advantages([grades[i].reward for i in idx], [grades[i].turn_rewards for i in idx],
                                             [num_assistant_turns(trajs[i]) for i in idx], estimator, cfg.rft.gamma)
                 except ValueError as e:  # a grader's turn_rewards that do not fit its trajectory
+                    _log_trajectories(ctx, step, trajs, grades)
                     raise GraderFailure(f"step {step}: per-turn credit cannot use the grades of task "
                                         f"{trajs[idx[0]].task_id!r}: {e}") from None
                 advs.append(a)
@@ -101,6 +116,8 @@ class RFTMethod:
             train_idx.extend(idx)
             train_adv.extend(adv)
             trained_groups += 1
+        # the step's trajectories, each with the advantage it is trained with (None: not trained on)
+        _log_trajectories(ctx, step, trajs, grades, dict(zip(train_idx, train_adv)))
 
         # 4-5. loss and optimizer ---------------------------------------------
         t0 = time.perf_counter()
@@ -139,8 +156,8 @@ class RFTMethod:
         return metrics
 
     def _collect(self, ctx: TrainContext, rows: list[TaskRow], rcfg, step: int):
-        """Roll out ``group_size`` samples of each row and grade them; the trajectories go to the store.
-        Returns ``(rows, trajectories, grades, sampling_s, grading_s)``."""
+        """Roll out ``group_size`` samples of each row and grade them (the step stores them once their
+        advantages are known). Returns ``(rows, trajectories, grades, sampling_s, grading_s)``."""
         cfg, group = ctx.cfg, ctx.cfg.rft.group_size
         t0 = time.perf_counter()
         trajs = run_episodes(rows, ctx.env.make_env, ctx.sampler, ctx.policy.chat_format, rcfg, samples_per_task=group)
@@ -149,13 +166,11 @@ class RFTMethod:
         t0 = time.perf_counter()
         grades = grade_all(ctx.grade, trajs, [rows[i // group] for i in range(len(trajs))])
         grading_s = time.perf_counter() - t0
-        ctx.store.log_trajectories(step, [
-            {**t.to_dict(), "grade": g.to_dict(), "reward": g.reward} for t, g in zip(trajs, grades)
-        ])
         # sample_parse_error is the model's failure (e.g. no number in its answer); the budget is for grader faults.
         faults = [g for g in grades if any(v for k, v in g.errors.items() if k != "sample_parse_error")]
         error_rate = len(faults) / max(1, len(grades))
         if error_rate > cfg.training.max_grader_error_rate:
+            _log_trajectories(ctx, step, trajs, grades)  # the failed grades with their flags: the evidence
             raise GraderFailure(
                 f"step {step}: {error_rate:.0%} of grades carry grader errors (limit "
                 f"{cfg.training.max_grader_error_rate:.0%}); fix the grader before training on it -- "

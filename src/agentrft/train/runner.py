@@ -49,6 +49,7 @@ from agentrft.jobs.checkpoint import checkpoint_steps, load_latest_checkpoint, r
 from agentrft.jobs.lock import RunDirectoryLock
 from agentrft.jobs.plot import plot_finished_run
 from agentrft.jobs.recovery import open_store_for_resume
+from agentrft.jobs.sinks import MetricSinks, check_sinks, open_sinks
 from agentrft.jobs.store import DB_NAME, RunStore, hash_file, hash_json
 from agentrft.models.policy import Policy, build_policy
 from agentrft.rollout.hf_sampler import HFSampler
@@ -292,6 +293,7 @@ def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, g
     if (run_dir / DB_NAME).exists() and not resume and checkpoint_steps(run_dir):
         raise ConfigError(HOLDS_A_RUN.format(run_dir=run_dir))
     _check_reward_source(cfg, grade)  # before the run directory exists: a refused job leaves nothing behind
+    check_sinks(cfg.sinks)
     invalid = check_data_files(cfg)
     lock = RunDirectoryLock(run_dir).acquire()  # released by run_job; a second job here is refused
     try:
@@ -384,10 +386,14 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     """
     ctx, state = setup(cfg, resume=resume, model=model, tokenizer=tokenizer, grade=grade, log=log,
                        rebuild_store=rebuild_store, allow_config_change=allow_config_change)
+    sinks = None
     try:
+        sinks = open_sinks(ctx.cfg, ctx.run_dir, ctx.store, state.step)  # TensorBoard, W&B: never fail the run
         with _stop_on_signals():
-            last_eval, stopped_early, status = _train(ctx, state, log)
+            last_eval, stopped_early, status = _train(ctx, state, log, sinks)
     finally:
+        if sinks is not None:
+            sinks.close()
         ctx.lock.release()
         plot_finished_run(ctx.run_dir, log)  # RUN_DIR/metrics.png; never fails the run
     warning = run_warning(ctx.cfg.method, state.step, state.no_signal_steps, state.updates)
@@ -395,7 +401,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
                      state.no_signal_steps, warning)
 
 
-def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -> tuple[dict, bool, str]:
+def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None],
+           sinks: MetricSinks) -> tuple[dict, bool, str]:
     """The loop from ``state`` to the last step; records how the run ended. Returns (final eval, stopped early,
     final status)."""
     from tqdm import tqdm
@@ -419,8 +426,8 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics["lr"] = ctx.scheduler.get_last_lr()[0]
             no_signal = no_signal_reason(cfg.method, batch, metrics)
-            _record_step(ctx, state, step, metrics, no_signal)
-            evaluated = _eval_and_checkpoint(ctx, state)
+            _record_step(ctx, state, step, metrics, no_signal, sinks)
+            evaluated = _eval_and_checkpoint(ctx, state, sinks)
             last_eval = evaluated or last_eval
             say(_one_line(step, ctx.total_steps, metrics, evaluated))
             if no_signal:
@@ -452,8 +459,8 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None]) -
 
 
 def _record_step(ctx: TrainContext, state: TrainerState, step: int, metrics: dict[str, Any],
-                 no_signal: str | None) -> None:
-    """Store the step's metrics and advance the state; stop after ``max_bad_steps`` non-finite steps in a row,
+                 no_signal: str | None, sinks: MetricSinks) -> None:
+    """Store the step's metrics (and copy them to the metric sinks) and advance the state; stop after ``max_bad_steps`` non-finite steps in a row,
     or ``stop_after_no_signal_steps`` steps without a learning signal in a row."""
     if no_signal:
         state.no_signal_steps += 1
@@ -463,6 +470,7 @@ def _record_step(ctx: TrainContext, state: TrainerState, step: int, metrics: dic
         state.updates += 0 if metrics.get("skipped") else 1
     metrics.update(no_signal=float(no_signal is not None), no_signal_steps=float(state.no_signal_steps))
     ctx.store.log_metrics(step, metrics, split="train")
+    sinks.write(step, metrics, split="train")
     if no_signal:
         ctx.store.log_event("no_signal", f"step {step}: no learning signal: {no_signal}", step=step)
     limit = ctx.cfg.training.stop_after_no_signal_steps
@@ -480,7 +488,7 @@ def _record_step(ctx: TrainContext, state: TrainerState, step: int, metrics: dic
     state.step = step
 
 
-def _eval_and_checkpoint(ctx: TrainContext, state: TrainerState) -> dict | None:
+def _eval_and_checkpoint(ctx: TrainContext, state: TrainerState, sinks: MetricSinks) -> dict | None:
     """Every ``eval_interval`` steps and at the last: eval on the validation rows and track the best reward;
     on those steps, every ``checkpoint_interval`` steps and at the last: write a checkpoint. Returns the eval
     summary when one ran."""
@@ -490,6 +498,7 @@ def _eval_and_checkpoint(ctx: TrainContext, state: TrainerState) -> dict | None:
         summary = eval_policy(ctx, step)
         metric = summary["reward_mean"]
         ctx.store.log_metrics(step, _numeric(summary), split="validation")
+        sinks.write(step, _numeric(summary), split="validation")
         if state.best_eval_reward is None or metric > state.best_eval_reward + t.early_stop_min_delta:
             state.best_eval_reward, state.evals_since_best = metric, 0
         else:

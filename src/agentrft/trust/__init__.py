@@ -23,21 +23,26 @@ from agentrft.trust.egress import TRUSTED_EGRESS, EgressPolicy, address_class, r
 from agentrft.trust.errors import EgressDenied, EgressDeniedAtConnect, LimitExceeded, McpCommandRefused, TrustError
 from agentrft.trust.limits import SubmissionLimits
 from agentrft.trust.mcp_registry import TRUSTED_MCP_REGISTRY, McpCommand, McpRegistry
+from agentrft.trust.scope import TRUSTED_JOB, JobTrust, job_trust, trusting
 from agentrft.trust.transport import GuardedTransport
 
 __all__ = [
     "TRUSTED_EGRESS",
+    "TRUSTED_JOB",
     "TRUSTED_MCP_REGISTRY",
     "EgressDenied",
     "EgressDeniedAtConnect",
     "EgressPolicy",
     "GuardedTransport",
+    "JobTrust",
     "LimitExceeded",
     "McpCommand",
     "McpCommandRefused",
     "McpRegistry",
     "SubmissionLimits",
     "TrustError",
+    "job_trust",
+    "trusting",
     "address_class",
     "resolve_host",
 ]
