@@ -233,3 +233,26 @@ def test_pause_and_resume_continue_from_the_checkpoint(platform):
 
     with RunStore(run_dir) as store:
         assert sorted(store.metrics_frame("train")) == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_dashboard_shows_the_servers_jobs_behind_the_key(platform):
+    """The page and its static files load without a key (they hold no run data); the run data needs one,
+    and lists the jobs by job id with the run's own metrics."""
+    app, client, key, base_url = platform
+    root = base_url.removesuffix("/v1")
+    page = httpx.get(f"{root}/dashboard")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+    assert httpx.get(f"{root}/", follow_redirects=False).headers["location"] == "/dashboard"
+    assert httpx.get(f"{root}/dashboard/api/runs").status_code == 401
+    assert httpx.get(f"{root}/dashboard/api/runs", headers={"Authorization": "Bearer sk-wrong"}).status_code == 401
+    f = client.files.create(file=jsonl(supervised_rows()), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, method={"type": "supervised"},
+                                         extra_body={"agentrft": {"config": SMALL_SFT}})
+    assert wait_for(client, job.id, ("succeeded", "failed")).status == "succeeded"
+    succeeded = app.state.db.jobs_with_status("succeeded")
+    runs = httpx.get(f"{root}/dashboard/api/runs", headers={"Authorization": f"Bearer {key}"}).json()
+    listed = {r["id"]: r for r in (runs["data"] if isinstance(runs, dict) else runs)}
+    for row in succeeded:
+        assert listed[row["id"]]["status"] == "succeeded" and listed[row["id"]]["run_status"] == "completed"
+    metrics = httpx.get(f"{root}/dashboard/api/runs/{job.id}/metrics", headers={"Authorization": f"Bearer {key}"})
+    assert metrics.status_code == 200 and "loss" in metrics.text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import click
 
+from agentrft.cli.dashboard import dashboard_cmd
 from agentrft.cli.grader import grader
 from agentrft.cli.info import info_cmd
 from agentrft.cli.measure import envs_cmd, eval_cmd, models_cmd, rollout_cmd, tasks_cmd
@@ -32,7 +33,7 @@ def main() -> None:
 
 
 for command in (models_cmd, info_cmd, envs_cmd, tasks_cmd, eval_cmd, rollout_cmd, train_cmd, quickstart_cmd,
-                export_cmd, serve_cmd, server_cmd, server_key, grader, runs):
+                export_cmd, serve_cmd, server_cmd, server_key, dashboard_cmd, grader, runs):
     main.add_command(command)
 
 

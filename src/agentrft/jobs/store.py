@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS trajectories (
 CREATE INDEX IF NOT EXISTS trajectories_step ON trajectories (step);
 CREATE INDEX IF NOT EXISTS trajectories_task ON trajectories (task_id);
 CREATE INDEX IF NOT EXISTS trajectories_reward ON trajectories (reward);
+CREATE INDEX IF NOT EXISTS trajectories_split ON trajectories (split, step);
 CREATE TABLE IF NOT EXISTS checkpoints (
     step    INTEGER PRIMARY KEY,
     path    TEXT NOT NULL,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from agentrft.platform import dashboard, graders_api, models, routes
 from agentrft.platform.db import PlatformDB
@@ -108,7 +108,13 @@ def create_platform_app(settings: PlatformSettings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(graders_api.router)
     app.include_router(models.router)
-    app.include_router(dashboard.router)
+    app.include_router(dashboard.page_router)  # the page and its static files: public, no run data
+    app.include_router(dashboard.router)  # run data: behind the key check above
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
     return app
 
 

@@ -201,6 +201,7 @@ def _method(body: dict) -> tuple[str, dict, dict, dict | None]:
                            param="method.reinforcement.grader")
         from agentrft.graders.spec import parse_spec
 
+        _refuse_env_references(grader, "method.reinforcement.grader")
         try:
             parse_spec(grader)
         except (ConfigError, ValueError) as e:
@@ -253,6 +254,8 @@ def _extension(ext: Any) -> dict[str, Any]:
     if tools is not None and not isinstance(tools, dict):
         raise APIError(400, "agentrft.tools must be an object with endpoints and/or mcp_servers (inline, not a path)",
                        param="agentrft.tools")
+    if tools is not None:
+        _refuse_env_references(tools, "agentrft.tools")
     config = ext.get("config") or {}
     if not isinstance(config, dict):
         raise APIError(400, "agentrft.config must be an object of sections", param="agentrft.config")
@@ -262,4 +265,23 @@ def _extension(ext: Any) -> dict[str, Any]:
                                 f"{', '.join(CONFIG_SECTIONS)})", param=f"agentrft.config.{section}")
         if not isinstance(values, dict):
             raise APIError(400, f"agentrft.config.{section} must be an object", param=f"agentrft.config.{section}")
+    wandb = (config.get("sinks") or {}).get("wandb")
+    if isinstance(wandb, dict) and "dir" in wandb:
+        raise APIError(400, "agentrft.config.sinks.wandb.dir is a server path: W&B files of an API job go in its "
+                            "run directory", param="agentrft.config.sinks.wandb.dir")
     return ext
+
+
+def _refuse_env_references(value: Any, where: str) -> None:
+    """Refuse ``${VAR}`` anywhere in a submitted grader or tools object: agentrft expands it from its own
+    environment (headers, MCP env), which would hand the server's secrets to a URL the client chose."""
+    if isinstance(value, str):
+        if "${" in value:
+            raise APIError(400, f"{where} contains '${{': environment references are expanded on the server, so "
+                                "the API refuses them; put the value itself in the request", param=where)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_env_references(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_env_references(v, f"{where}.{i}")

@@ -13,12 +13,14 @@ An id comes from the client: an index resolves it only to a run it listed, never
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from agentrft.jobs.store import DB_NAME, RunStore, StoreError
+from agentrft.jobs.store import DB_NAME
 
 
 @dataclass(frozen=True)
@@ -69,14 +71,22 @@ class DirectoryRunIndex:
 
 
 def _describe(run_dir: Path) -> RunRef | None:
-    """A run directory as a :class:`RunRef`; None when its store has no run row or cannot be read."""
+    """A run directory as a :class:`RunRef`; None when its store has no run row or cannot be read. Read-only:
+    listing runs never writes (or creates the schema of) a store a trainer is writing."""
     try:
-        with RunStore(run_dir) as store:
-            row = store.get_run()
-    except StoreError:
+        conn = sqlite3.connect(f"file:{run_dir / DB_NAME}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = conn.execute("SELECT status, method, created_at, resolved_config FROM runs").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
         return None
     if row is None:
         return None
-    cfg = row["resolved_config"]
-    return RunRef(id=run_dir.name, name=run_dir.name, run_dir=run_dir, status=row["status"],
-                  created_at=row["created_at"], method=row["method"], model=cfg.get("model"))
+    status, method, created_at, config = row
+    try:
+        model = json.loads(config).get("model")
+    except (ValueError, AttributeError):
+        model = None
+    return RunRef(id=run_dir.name, name=run_dir.name, run_dir=run_dir, status=status, created_at=created_at,
+                  method=method, model=model)
