@@ -2,8 +2,8 @@
 
 The same page and API as ``agentrft server`` shows at ``/dashboard`` (:mod:`agentrft.platform.dashboard`),
 without the fine-tuning API: every folder directly under RUNS_DIR that holds a ``run.db`` is a run, read
-read-only, so it can watch runs that are training right now. It has no keys: bind it to 127.0.0.1 (the
-default) or put it behind something that authenticates.
+read-only, so it can watch runs that are training right now. It has no keys, so it serves 127.0.0.1 only
+(another address is refused; ``agentrft server`` serves the same dashboard behind API keys).
 """
 
 from __future__ import annotations
@@ -21,9 +21,16 @@ def dashboard_cmd(runs_dir: Path, host: str, port: int) -> None:
     """Serve the web dashboard of the runs under RUNS_DIR (each a folder with run.db) at http://HOST:PORT/dashboard."""
     import uvicorn
 
+    from agentrft.cli.common import fail
+    from agentrft.errors import ConfigError
     from agentrft.platform.dashboard import create_app
+    from agentrft.platform.keys import check_bind
     from agentrft.platform.runs import DirectoryRunIndex
 
+    try:
+        check_bind(host, None)  # no keys here: loopback only (agentrft server has keys)
+    except ConfigError as e:
+        fail(e)
     index = DirectoryRunIndex(runs_dir)
     app = create_app(index)
     click.echo(f"{len(index.list_runs())} run(s) under {runs_dir}; dashboard at http://{host}:{port}/dashboard")

@@ -67,9 +67,9 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def check_bind(host: str, keys: KeyRing) -> None:
-    """Refuse to serve a non-loopback address without API keys."""
-    if keys.enabled:
+def check_bind(host: str, keys: KeyRing | None) -> None:
+    """Refuse to serve a non-loopback address without API keys (``None``: a server that has none)."""
+    if keys is not None and keys.enabled:
         return
     if host == "localhost":
         return
