@@ -256,3 +256,28 @@ def test_the_dashboard_shows_the_servers_jobs_behind_the_key(platform):
         assert listed[row["id"]]["status"] == "succeeded" and listed[row["id"]]["run_status"] == "completed"
     metrics = httpx.get(f"{root}/dashboard/api/runs/{job.id}/metrics", headers={"Authorization": f"Bearer {key}"})
     assert metrics.status_code == 200 and "loss" in metrics.text
+
+
+def test_a_key_may_have_only_so_many_jobs_queued_or_running(platform):
+    """SubmissionLimits.max_concurrent_jobs_per_key (2): the third active job of one key is a 429; another
+    key (created while the server runs) is not held up; a job over the server's rollout limits is a 400."""
+    from agentrft.platform.keys import create_key
+
+    app, client, _, base_url = platform
+    key = create_key(app.state.db, "busy")
+    busy = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=60)
+    f = busy.files.create(file=jsonl(supervised_rows()), purpose="fine-tune")
+    long = {"agentrft": {"config": {"training": {"max_steps": 500, "batch_size": 2}}}}
+    jobs = [busy.fine_tuning.jobs.create(model="tiny", training_file=f.id, method={"type": "supervised"},
+                                         extra_body=long) for _ in range(2)]
+    with pytest.raises(openai.RateLimitError, match="max_concurrent_jobs_per_key"):
+        busy.fine_tuning.jobs.create(model="tiny", training_file=f.id, method={"type": "supervised"})
+    other = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, method={"type": "supervised"},
+                                           extra_body=long)
+    for job in jobs + [other]:
+        assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    tasks = busy.files.create(file=jsonl(task_rows()), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError, match="max_n"):
+        busy.fine_tuning.jobs.create(model="tiny", training_file=tasks.id, method={
+            "type": "reinforcement", "reinforcement": {"grader": SIMILARITY_GRADER,
+                                                       "hyperparameters": {"compute_multiplier": 8}}})

@@ -96,7 +96,7 @@ def create_platform_app(settings: PlatformSettings) -> FastAPI:
     async def authenticate(request: Request, call_next):
         if not is_public(request.url.path):
             try:
-                request.app.state.keys.check(request.headers.get("authorization"))
+                request.state.key_name = request.app.state.keys.check(request.headers.get("authorization"))
             except APIError as e:
                 return JSONResponse(status_code=e.status, content=e.body())
         return await call_next(request)

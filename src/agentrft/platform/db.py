@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     trained_tokens   INTEGER,
     attempts         INTEGER NOT NULL DEFAULT 0,
     worker_pid       INTEGER,
-    requested        TEXT                  -- cancel | pause: what the server asked a running worker to do
+    requested        TEXT,                 -- cancel | pause: what the server asked a running worker to do
+    owner            TEXT                  -- the name of the API key that created the job ('local' without keys)
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
 CREATE TABLE IF NOT EXISTS job_events (
@@ -161,6 +162,11 @@ class PlatformDB:
                 params += [anchor["created_at"], anchor["id"]]
         rows = self.query(sql + " ORDER BY created_at DESC, id DESC LIMIT ?", params + [limit + 1])
         return rows[:limit], len(rows) > limit
+
+    def active_jobs_of(self, owner: str) -> int:
+        """Jobs of ``owner`` that are queued or running."""
+        return int(self.query("SELECT COUNT(*) AS n FROM jobs WHERE owner = ? AND status IN ('queued', 'running')",
+                              (owner,))[0]["n"])
 
     def jobs_with_status(self, *statuses: str) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(statuses))

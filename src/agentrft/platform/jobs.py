@@ -29,6 +29,7 @@ from agentrft.platform.models import ModelCatalog
 from agentrft.platform.runs import RunRef
 from agentrft.platform.supervisor import Supervisor
 from agentrft.serving.protocol import APIError
+from agentrft.trust import TrustError
 
 ORGANIZATION = "org-agentrft"
 MAX_LIMIT = 100
@@ -39,10 +40,16 @@ class JobService:
         self.db, self.files, self.catalog, self.supervisor = db, files, catalog, supervisor
 
     # -- create ------------------------------------------------------------------------
-    def create(self, body: Any) -> dict[str, Any]:
+    def create(self, body: Any, owner: str = "local") -> dict[str, Any]:
         file_rows = {row["id"]: row for row in self.db.list_files()}
         fine_tuned = {j["fine_tuned_model"]: j for j in self.db.jobs_with_status("succeeded")}
-        plan = plan_job(body, files=file_rows, base_models=self.catalog.base_models, fine_tuned=fine_tuned)
+        plan = plan_job(body, files=file_rows, base_models=self.catalog.base_models, fine_tuned=fine_tuned,
+                        limits=self.files.limits)
+        try:
+            self.files.limits.check_concurrent_jobs(self.db.active_jobs_of(owner))
+        except TrustError as e:
+            raise APIError(429, f"{e}; wait for one to finish or cancel one", kind="requests",
+                           code="rate_limit_exceeded") from None
         job_id = "ftjob-" + secrets.token_hex(12)
         job_dir = self.db.home / "jobs" / job_id
         job_dir.mkdir(parents=True)
@@ -59,7 +66,7 @@ class JobService:
             "id": job_id, "created_at": int(time.time()), "status": "queued", "model": plan.base_model,
             "training_file": body["training_file"], "validation_file": body.get("validation_file"),
             "suffix": body.get("suffix"), "seed": plan.seed, "metadata": body.get("metadata"),
-            "method": plan.method, "extension": body.get("agentrft"), "config": config})
+            "method": plan.method, "extension": body.get("agentrft"), "config": config, "owner": owner})
         self.db.add_event(job_id, f"Created fine-tuning job: {job_id}")
         for warning in plan.warnings:
             self.db.add_event(job_id, warning, level="warn")
@@ -97,10 +104,14 @@ class JobService:
         job = self.get(job_id)
         if job["status"] in TERMINAL_STATUSES:
             raise APIError(400, f"Job {job_id} has already {job['status']}; it cannot be cancelled", code="invalid_state")
-        if not self.supervisor.stop_job(job_id, "cancel"):
+        def cancel_idle() -> bool:
             if self.db.update_job(job_id, expect=("queued", "paused", "validating_files"), status="cancelled",
                                   finished_at=int(time.time())):
                 self.db.add_event(job_id, "The job was cancelled")
+                return True
+            return False
+
+        self.supervisor.stop_job(job_id, "cancel", cancel_idle)
         return self.retrieve(job_id)
 
     def pause(self, job_id: str) -> dict[str, Any]:
@@ -108,9 +119,13 @@ class JobService:
         if job["status"] not in ("running", "queued"):
             raise APIError(400, f"Job {job_id} is {job['status']}; only a running or queued job can be paused",
                            code="invalid_state")
-        if not self.supervisor.stop_job(job_id, "pause"):
+        def pause_idle() -> bool:
             if self.db.update_job(job_id, expect=("queued",), status="paused"):
                 self.db.add_event(job_id, "The job was paused")
+                return True
+            return False
+
+        self.supervisor.stop_job(job_id, "pause", pause_idle)
         return self.retrieve(job_id)
 
     def resume(self, job_id: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from agentrft.config import load_config
 from agentrft.envs.registry import available_envs
 from agentrft.errors import ConfigError
 from agentrft.serving.protocol import APIError
+from agentrft.trust import SubmissionLimits, TrustError
 
 METHODS = {"supervised": "sft", "dpo": "dpo", "reinforcement": "rft"}
 FILE_FORMAT = {"supervised": "supervised", "dpo": "preference", "reinforcement": "task"}
@@ -60,7 +61,7 @@ class JobPlan:
 
 
 def plan_job(body: Any, *, files: dict[str, dict[str, Any]], base_models: dict[str, str],
-             fine_tuned: dict[str, dict[str, Any]]) -> JobPlan:
+             fine_tuned: dict[str, dict[str, Any]], limits: SubmissionLimits | None = None) -> JobPlan:
     """Check ``body`` and build the job's config.
 
     ``files``: the stored file rows by id; ``base_models``: registered model name -> what
@@ -128,9 +129,15 @@ def plan_job(body: Any, *, files: dict[str, dict[str, Any]], base_models: dict[s
     if "eval_file" not in cfg["data"] and not ext.get("env"):
         cfg.setdefault("training", {}).setdefault("eval_samples", 0)
     try:
-        load_config(_filled(cfg))
+        job_config = load_config(_filled(cfg))
     except ConfigError as e:
         raise APIError(400, f"this job cannot run: {e}", param="method") from None
+    limits = limits or SubmissionLimits()
+    try:
+        limits.check_n(job_config.rft.group_size)
+        limits.check_max_tokens(job_config.rollout.max_new_tokens)
+    except TrustError as e:
+        raise APIError(400, f"this job asks for more than this server allows: {e}", param="method") from None
     return JobPlan(method={"type": method_type, method_type: method_body}, config=cfg, seed=seed,
                    base_model=base_model, warnings=warnings)
 

@@ -1,7 +1,7 @@
 """Bearer API keys: made once, shown once, stored as SHA-256 hashes only.
 
 Keys come from two places: ``agentrft server-key create --home HOME`` (the key is printed once; its hash
-goes into ``platform.db``), and the ``AGENTRFT_API_KEYS`` environment variable of the server process
+goes into ``platform.db``, where a running server finds it on the key's first use), and the ``AGENTRFT_API_KEYS`` environment variable of the server process
 (comma-separated, never written anywhere). A server with no key at all serves only 127.0.0.1/::1
 (:func:`check_bind`); any other address without a key is refused at start.
 
@@ -43,24 +43,36 @@ class KeyRing:
 
     def __init__(self, db: PlatformDB, environ: dict[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        self._hashes = set(db.key_hashes())
-        self._hashes |= {hash_key(k.strip()) for k in env.get(ENV_VAR, "").split(",") if k.strip()}
+        self._db = db
+        self._env_names = {hash_key(k.strip()): f"env-{hash_key(k.strip())[:8]}"
+                           for k in env.get(ENV_VAR, "").split(",") if k.strip()}
+        self._load()
+
+    def _load(self) -> None:
+        self._names = {**self._env_names, **self._db.key_hashes()}
+        self._hashes = set(self._names)
 
     @property
     def enabled(self) -> bool:
         return bool(self._hashes)
 
-    def check(self, authorization: str | None) -> None:
-        """Raise a 401 unless ``authorization`` is ``Bearer <a known key>`` (no keys: everything passes)."""
+    def check(self, authorization: str | None) -> str:
+        """The name of the key in ``authorization`` (``Bearer <key>``); a 401 unless it is a known key. Without
+        keys everything passes, as ``local``."""
         if not self._hashes:
-            return
+            return "local"
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise APIError(401, "You didn't provide an API key. Provide it in the Authorization header as "
                                 "'Bearer YOUR_KEY'.", code="missing_api_key")
         digest = hash_key(key.strip())
-        if not any(hmac.compare_digest(digest, h) for h in self._hashes):
-            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        for attempt in range(2):  # a miss re-reads platform.db: a key created while the server runs works at once
+            for known in self._hashes:
+                if hmac.compare_digest(digest, known):
+                    return self._names[known]
+            if attempt == 0:
+                self._load()
+        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
 def is_public(path: str) -> bool:

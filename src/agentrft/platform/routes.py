@@ -70,8 +70,15 @@ async def delete_file(file_id: str, request: Request) -> dict:
 # -- fine-tuning jobs -----------------------------------------------------------------------
 @router.post("/v1/fine_tuning/jobs")
 async def create_job(request: Request) -> JSONResponse:
-    body = parse_json_body(await request.body())
-    return JSONResponse(await _off_loop(request.app.state.jobs.create, body))
+    limit = request.app.state.limits.max_request_bytes
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise APIError(413, f"the request body is larger than this server's limit of {limit} bytes",
+                           code="request_too_large")
+    body = parse_json_body(raw)
+    return JSONResponse(await _off_loop(request.app.state.jobs.create, body, request.state.key_name))
 
 
 @router.get("/v1/fine_tuning/jobs")

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,13 +79,15 @@ class Supervisor:
         self._wake.set()
 
     # -- requests from the API -----------------------------------------------------------
-    def stop_job(self, job_id: str, request: str) -> bool:
-        """Cancel or pause (``request``) a running job: SIGTERM, wait for the worker to exit. False when no worker
-        of this server runs it."""
+    def stop_job(self, job_id: str, request: str, if_not_running: Callable[[], bool]) -> bool:
+        """Cancel or pause (``request``) a job. A running one: SIGTERM, wait for its worker to exit. One no worker
+        runs: ``if_not_running()`` (the caller's compare-and-set on its status), called under the lock that
+        starting a worker takes, so a job is never started between the look and the change. Returns whether
+        the job was stopped or changed."""
         with self._lock:
             worker = self._workers.get(job_id)
             if worker is None:
-                return False
+                return if_not_running()
             worker.requested = request
         self._terminate(worker)
         worker.done.wait(timeout=self.stop_timeout_s + 5)
@@ -116,10 +119,11 @@ class Supervisor:
         if free <= 0:
             return
         for job in self.db.jobs_with_status("queued")[:free]:
-            if not self.db.update_job(job["id"], expect=("queued",), status="running", attempts=job["attempts"] + 1,
-                                      requested=None):
-                continue  # cancelled meanwhile
-            self._spawn(job)
+            with self._lock:  # the status change and the worker's registration are one step for stop_job
+                if not self.db.update_job(job["id"], expect=("queued",), status="running",
+                                          attempts=job["attempts"] + 1, requested=None):
+                    continue  # cancelled or paused meanwhile
+                self._spawn(job)
 
     def _spawn(self, job: dict) -> None:
         job_dir = self.db.home / "jobs" / job["id"]
