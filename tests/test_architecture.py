@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "agentrft.jobs": 6,
     "agentrft.train": 7,
     "agentrft.serving": 8, "agentrft.quickstart": 8,
-    "agentrft.platform": 9,
+    "agentrft.platform": 9, "agentrft.governance": 9,
     "agentrft.cli": 10,
 }
 

@@ -216,3 +216,21 @@ def test_the_key_field_sends_a_bearer_key_and_a_401_asks_for_it(page, server):
     assert page.locator("#key-prompt").is_hidden()
     assert seen[0] is None and seen[-1] == "Bearer sk-test"
     assert page.evaluate("localStorage.getItem('agentrft.dashboard.key')") == "sk-test"
+
+
+def test_charts_of_a_running_run_update_as_steps_land(page, server, runs_root):
+    """A run whose status is ``running`` is polled: a step written to its store after the page opened shows up
+    on the charts without a reload (the runs list last: this adds a fourth run)."""
+    live = runs_root / "live"
+    shutil.copytree(runs_root / "rft-a", live)
+    with RunStore(live) as store:
+        step3 = store.metrics_frame("train")[3]
+        store.discard_after(2)
+        store.set_status("running")
+    page.goto(f"{server}/dashboard#/runs/live")
+    page.wait_for_selector("#charts[data-loaded]")
+    page.wait_for_selector("[data-chart='reward'][data-points='2']")
+    with RunStore(live) as store:
+        store.log_metrics(3, step3, split="train")
+    page.wait_for_selector("[data-chart='reward'][data-points='3']", timeout=15_000)
+    assert _chart(page, "reward")["data"][1][-1] == pytest.approx(step3["reward_mean"])
