@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -45,9 +46,16 @@ def export_cmd(run_dir: str, out: str, dtype: str) -> None:
               help="Largest request body; a larger one gets 413 before it is read.")
 @click.option("--max-queued-requests", type=int, default=ServerSettings.max_queued_requests, show_default=True,
               help="Requests being read, rendered or waiting for the sampler at once; one more gets 429.")
+@click.option("--enable-lora", is_flag=True,
+              help="Allow LoRA adapters to be loaded at runtime (POST /v1/load_lora_adapter, vLLM's API).")
+@click.option("--lora-root", type=click.Path(file_okay=False), default=None,
+              help="With --enable-lora: the folder adapters may be loaded from (lora_path must lie inside it).")
+@click.option("--max-loras", type=int, default=8, show_default=True, help="Most adapters loaded at once.")
 def serve_cmd(model: str, host: str, port: int, served_name: str | None, chat_format: str, max_batch_size: int,
-              default_max_tokens: int, max_request_bytes: int, max_queued_requests: int) -> None:
-    """Serve MODEL behind an OpenAI-compatible API: GET /v1/models, POST /v1/chat/completions (tools included)."""
+              default_max_tokens: int, max_request_bytes: int, max_queued_requests: int, enable_lora: bool,
+              lora_root: str | None, max_loras: int) -> None:
+    """Serve MODEL behind an OpenAI-compatible API: GET /v1/models, POST /v1/chat/completions (tools included),
+    POST /v1/completions (token ids and logprobs, vLLM's fields) and, with --enable-lora, LoRA hot-swap."""
     import uvicorn
 
     from agentrft.rollout.hf_sampler import HFSampler
@@ -57,6 +65,14 @@ def serve_cmd(model: str, host: str, port: int, served_name: str | None, chat_fo
         if min(max_batch_size, default_max_tokens, max_request_bytes, max_queued_requests) < 1:
             raise AgentRFTError("--max-batch-size, --default-max-tokens, --max-request-bytes and "
                                 "--max-queued-requests must be >= 1")
+        if enable_lora and not lora_root:
+            raise AgentRFTError("--enable-lora needs --lora-root DIR: the folder adapters may be loaded from")
+        if lora_root and not enable_lora:
+            raise AgentRFTError("--lora-root only applies with --enable-lora")
+        if lora_root and not Path(lora_root).is_dir():
+            raise AgentRFTError(f"--lora-root {lora_root}: not a folder")
+        if max_loras < 1:
+            raise AgentRFTError("--max-loras must be >= 1")
         t0 = time.perf_counter()
         loaded, cf = load_model_and_format(model, chat_format)
         sampler = HFSampler(loaded.model, pad_token_id=loaded.tokenizer.pad_token_id, max_batch_size=max_batch_size,
@@ -65,8 +81,14 @@ def serve_cmd(model: str, host: str, port: int, served_name: str | None, chat_fo
                                   default_max_tokens=default_max_tokens, max_request_bytes=max_request_bytes,
                                   max_queued_requests=max_queued_requests)
         app = create_app(sampler, cf, settings)
+        if enable_lora:
+            from agentrft.serving.adapters import enable_lora as allow_adapters
+
+            allow_adapters(app, loaded.model, lora_root, max_adapters=max_loras)
     except AgentRFTError as e:
         fail(e)
     click.echo(f"loaded {loaded.description} in {time.perf_counter() - t0:.1f} s (chat format {cf.name})")
     click.echo(f"serving {settings.model_name!r} at http://{host}:{port}/v1")
+    if enable_lora:
+        click.echo(f"LoRA adapters may be loaded from {Path(lora_root).resolve()}")
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -6,7 +6,8 @@ over the sampler, puts what the handlers read on ``app.state`` (``engine``,
 renders every error as OpenAI's error JSON, runs the engine's worker and the
 one tokenizer thread (``tokenizer_thread``: all tokenizer work, so the
 tokenizer is never used from two threads and the event loop stays free) for
-the app's lifespan, and includes the routers (``models``, then ``chat``).
+the app's lifespan, and includes the routers (``adapters``, whose ``GET /v1/models`` adds the loaded LoRA
+adapters to the ``models`` listing and so comes first, then ``models``, ``chat`` and ``completions``).
 Routers added later read the same ``app.state``.
 """
 
@@ -24,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from agentrft.errors import AgentRFTError
 from agentrft.models.chat_format import ChatFormat
 from agentrft.rollout.sampler import Sampler
-from agentrft.serving import chat, models
+from agentrft.serving import adapters, chat, completions, models
 from agentrft.serving.engine import BatchingGenerator
 from agentrft.serving.protocol import APIError, ServerSettings
 
@@ -41,8 +42,10 @@ def create_app(sampler: Sampler, chat_format: ChatFormat, settings: ServerSettin
     app.state.created = int(time.time())
     app.state.preparing = 0  # chat completion requests being read or rendered right now
     add_error_handlers(app)
+    app.include_router(adapters.router)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(completions.router)
     return app
 
 

@@ -35,6 +35,12 @@ being decoded does not count); :meth:`BatchingGenerator.submit` raises
 :class:`QueueFull` beyond that, and a cancelled job frees its place at once.
 No job stays referenced once it is settled (``stats`` holds counts only).
 
+Adapters (LoRA hot-swap, :mod:`~agentrft.serving.adapters`): a job may name an
+adapter; only jobs naming the same one share a call, and before each call the
+worker hands the batch's adapter to ``select_weights`` while it holds
+``weights_lock``. Whoever changes the weights (loading or unloading an
+adapter) takes the same lock, so no batch ever runs on half-swapped weights.
+
 This module knows nothing of HTTP: it takes token ids and returns
 :class:`~agentrft.rollout.sampler.Completion` objects, so it is tested
 directly with the scripted sampler.
@@ -48,6 +54,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from agentrft.rollout.sampler import Completion, Sampler, SamplingParams
 
@@ -74,16 +81,17 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     stream: asyncio.Queue | None = None  # (choice index, token id) as they are sampled, for stream: true
+    adapter: str | None = None  # the LoRA adapter to sample with (None: the served model as loaded)
     waiting: bool = True  # queued, not yet taken into a batch (guarded by the engine's lock)
     cancelled: bool = False  # the client went away; read by the worker thread
 
     def batch_key(self) -> tuple:
         """Jobs with equal keys can share one sampler call."""
         if self.temperature <= 0:
-            return ("greedy", self.stop_token_ids)  # argmax: top_p and seed play no part
+            return ("greedy", self.stop_token_ids, self.adapter)  # argmax: top_p and seed play no part
         if self.seed is not None:
             return ("seeded", id(self))  # alone: batch mates would change what the seed draws
-        return ("sampled", self.temperature, self.top_p, self.stop_token_ids)
+        return ("sampled", self.temperature, self.top_p, self.stop_token_ids, self.adapter)
 
 
 class BatchingGenerator:
@@ -103,6 +111,11 @@ class BatchingGenerator:
         self._lock = threading.Lock()
         self._queued = 0
         self._thread: threading.Thread | None = None
+        self.weights_lock = threading.Lock()
+        """Held by the worker while it samples a batch; take it to change the sampler's weights between batches."""
+        self.select_weights: Callable[[str | None], None] | None = None
+        """Called on the worker, under ``weights_lock``, before each batch with the batch's adapter (None: the
+        served model as loaded); set by :func:`~agentrft.serving.adapters.enable_lora`."""
 
     @property
     def queued(self) -> int:
@@ -121,7 +134,8 @@ class BatchingGenerator:
             self._thread = None
 
     def submit(self, prompt: list[int], *, n: int, max_new_tokens: int, temperature: float, top_p: float,
-               seed: int | None, stop_token_ids: tuple[int, ...], stream: asyncio.Queue | None = None) -> _Job:
+               seed: int | None, stop_token_ids: tuple[int, ...], stream: asyncio.Queue | None = None,
+               adapter: str | None = None) -> _Job:
         """Queue a job for ``n`` completions of ``prompt``, from the event loop that will await it (see
         :meth:`result`); :class:`QueueFull` when ``max_queued`` jobs are waiting. With ``stream``, each sampled
         token is also put there as ``(choice index, token id)`` as it comes (all of them before the result)."""
@@ -129,7 +143,7 @@ class BatchingGenerator:
             raise RuntimeError("the generator is not running (start() it, or serve the app through its lifespan)")
         loop = asyncio.get_running_loop()
         job = _Job(list(prompt), n, max_new_tokens, temperature, top_p, seed, tuple(stop_token_ids), loop,
-                   loop.create_future(), stream)
+                   loop.create_future(), stream, adapter)
         with self._lock:
             if self.max_queued is not None and self._queued >= self.max_queued:
                 raise QueueFull(f"{self._queued} requests are already waiting for the sampler")
@@ -246,7 +260,12 @@ class BatchingGenerator:
                     job.loop.call_soon_threadsafe(job.stream.put_nowait, (choice, token))
 
         try:
-            completions = self.sampler.generate(prompts, params, on_token=on_token)
+            with self.weights_lock:
+                if self.select_weights is not None:
+                    self.select_weights(first.adapter)
+                elif first.adapter is not None:
+                    raise LookupError(f"adapter {first.adapter!r}: this server serves no adapters")
+                completions = self.sampler.generate(prompts, params, on_token=on_token)
         except Exception as e:  # the requests fail (or were all cancelled), the server keeps serving
             for j in batch:
                 _settle(j, error=e)
