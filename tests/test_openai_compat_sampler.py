@@ -219,15 +219,23 @@ def test_the_request_uses_vllms_token_fields():
 
     sampler = OpenAICompatSampler("http://mock/v1", "m", max_context=10, api_key="k",
                                   transport=httpx.MockTransport(handler))
-    got = sampler.generate([[1, 2], [3], list(range(8))], SamplingParams(temperature=0.5, max_new_tokens=4, seed=3,
+    got = sampler.generate([[1, 2], [3], list(range(8))], SamplingParams(temperature=0.5, max_new_tokens=4,
                                                                          stop_token_ids=(9,)))
     assert len(got) == 3 and len(sent) == 2  # the long prompt has room for 2 tokens only: its own request
     body = sent[0]
     assert body["prompt"] == [[1, 2], [3]] and body["max_tokens"] == 4 and sent[1]["max_tokens"] == 2
     assert {k: body[k] for k in ("logprobs", "return_token_ids", "return_tokens_as_token_ids", "ignore_eos",
-                                 "stop_token_ids", "seed", "temperature", "model")} == {
+                                 "stop_token_ids", "temperature", "model")} == {
         "logprobs": 0, "return_token_ids": True, "return_tokens_as_token_ids": True, "ignore_eos": True,
-        "stop_token_ids": [9], "seed": 3, "temperature": 0.5, "model": "m"}
+        "stop_token_ids": [9], "temperature": 0.5, "model": "m"} and "seed" not in body
+
+    # seeded: a request's seed seeds each of its prompts alike, so each prompt goes alone with its own seed
+    # (row 0 keeps the call's): an RFT group's equal prompts must not get equal samples
+    sent.clear()
+    got = sampler.generate([[1, 2], [1, 2], [1, 2]], SamplingParams(temperature=0.5, max_new_tokens=4, seed=3))
+    assert len(got) == 3 and all(len(b["prompt"]) == 1 for b in sent)
+    seeds = sorted(b["seed"] for b in sent)
+    assert len(set(seeds)) == 3 and 3 in seeds and all(0 <= x < 2**63 for x in seeds)
 
 
 def test_sampler_config_section(monkeypatch):

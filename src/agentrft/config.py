@@ -275,6 +275,48 @@ class SinksConfig(_Section):
     """Write an offline Weights & Biases run (needs ``wandb``); unset: no W&B."""
 
 
+class SamplerConfig(_Section):
+    """Which sampler a job's rollouts use: the local model, or an OpenAI-compatible completions server.
+
+    With a remote backend a training job pushes its LoRA adapter to the server before the first rollout and
+    after every update, and its rollouts request it by ``model`` (:mod:`agentrft.train.weight_sync`,
+    docs/scale.md). Defined here, with the other config sections, and re-exported by
+    :mod:`agentrft.rollout.openai_compat_sampler`, which builds the client."""
+
+    backend: Literal["local", "openai_compat", "vllm"] = "local"
+    """``local``: sample from the policy in-process (:class:`~agentrft.rollout.hf_sampler.HFSampler`).
+    ``openai_compat``: POST /v1/completions of ``url`` (``agentrft serve``, vLLM, any server with vLLM's
+    token-id fields). ``vllm``: the same client; names the server kind in the record."""
+    url: str | None = None
+    """The server's base URL including ``/v1``, e.g. ``http://127.0.0.1:8000/v1``. Required unless local."""
+    model: str | None = None
+    """The ``model`` to request: the served name, or a LoRA adapter loaded on the server. Required unless local.
+    In a training job, the name the run's adapter is loaded under (each push replaces it): not the server's
+    served name, and one per run when runs share a server."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the bearer token (the key itself never goes in a config)."""
+    timeout_s: float = Field(600.0, gt=0)
+    """Longest a single completions request may take (connecting: at most 10 s of it)."""
+    max_context: int | None = Field(None, ge=2)
+    """Prompt + completion tokens per sequence; default: the server's ``max_model_len`` from ``GET /v1/models``."""
+    sync_dir: str | None = None
+    """Training: the folder each pushed adapter is saved in (a new sub-folder per push); default
+    ``RUN_DIR/sync``. The server reads it at the same path: for ``agentrft serve`` it must lie inside its
+    ``--lora-root``."""
+    sync_attempts: int = Field(3, ge=1)
+    """Training: tries per push when the server cannot be reached or answers a 5xx (1 s, 2 s, 4 s, ... apart);
+    then the run stops rather than train on while the server samples older weights."""
+
+    @model_validator(mode="after")
+    def _remote_needs_url_and_model(self) -> "SamplerConfig":
+        if self.backend != "local" and (not self.url or not self.model):
+            raise ValueError(f"sampler.backend {self.backend!r} needs sampler.url and sampler.model")
+        if self.backend == "local" and (self.url or self.model or self.api_key_env or self.sync_dir):
+            raise ValueError("sampler.url, sampler.model, sampler.api_key_env and sampler.sync_dir only apply to a "
+                             "remote backend")
+        return self
+
+
 class JobConfig(_Section):
     method: Method
     model: str = "smollm2-135m"
@@ -300,6 +342,10 @@ class JobConfig(_Section):
     ``data.train_file``/``data.eval_file``, instead of a built-in environment's tools."""
     sinks: SinksConfig = SinksConfig()
     """Metric sinks besides ``run.db``: TensorBoard event files, an offline W&B run."""
+    sampler: SamplerConfig = SamplerConfig()
+    """Where rollouts (RFT's and the periodic eval's) are sampled: ``backend: local|openai_compat|vllm``; a
+    remote server samples with the run's LoRA adapter, pushed to it before the first rollout and after every
+    update (:mod:`agentrft.train.weight_sync`)."""
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "JobConfig":
@@ -339,6 +385,16 @@ class JobConfig(_Section):
                              f"({self.lora.top_layers}): layers without adapters have nothing to train")
         if self.method != Method.RFT and self.rft.beta > 0:
             raise ValueError("rft.beta is an RFT setting; it has no effect with method " + self.method.value)
+        if self.sampler.backend != "local" and not self.lora.enabled:
+            raise ValueError(f"sampler.backend {self.sampler.backend!r} needs lora.enabled: true: the trainer pushes "
+                             "its weights to the server as a LoRA adapter (POST /v1/load_lora_adapter); pushing full "
+                             "weights is not implemented (agentrft serve cannot swap its base model, and vLLM needs "
+                             "its in-process weight-update path for that). Train with LoRA, or sample locally "
+                             "(sampler.backend: local)")
+        if self.sampler.backend != "local" and self.method != Method.RFT and self.training.eval_samples == 0:
+            raise ValueError(f"sampler.backend {self.sampler.backend!r}: method {self.method.value!r} samples only for "
+                             "its periodic eval, and training.eval_samples is 0, so nothing would sample from the "
+                             "server; use sampler.backend: local")
         if self.rollout.seed is not None:
             raise ValueError("rollout.seed: a job derives its sampling seeds from the top-level 'seed' (per step, "
                              "and for its evals); set that instead")

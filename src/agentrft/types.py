@@ -168,6 +168,9 @@ class Trajectory:
     trace_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     group_index: int = 0  # which sample of its task's group this is
     metadata: dict[str, Any] = field(default_factory=dict)
+    policy_version: int | None = None
+    """Optimizer updates applied to the weights that sampled it (a training run's rollouts; None elsewhere, and
+    in records written before the field): the distance to the trainer's current version is how off-policy it is."""
 
     # -- token record ---------------------------------------------------------
     def append_tokens(self, ids: list[int], kind: TokenKind, logprobs: list[float] | None = None) -> None:

@@ -17,6 +17,10 @@ Logprob convention: the local sampler records ``log softmax(logits / T)``. ``age
 same. vLLM returns the raw model's logprobs by default (``--logprobs-mode raw_logprobs``); start it with
 ``--logprobs-mode processed_logprobs`` so sampling at ``T != 1`` records the tempered distribution.
 
+Seeds: a request's ``seed`` seeds each of its prompts alike (vLLM and ``agentrft serve``), so equal prompts
+(an RFT group) would get equal samples; a seeded call sends each prompt as its own request, with its own seed
+(:func:`row_seed`), concurrently so the server can batch them. Unseeded prompts share requests.
+
 Each prompt's ``max_tokens`` is cut to what the context has left (``max_context - len(prompt)``), as the
 local sampler does; a prompt with no room left gets an empty ``length`` completion without a request (the
 episode loop reads that as a full context). Prompts with the same limit go in one request.
@@ -30,16 +34,16 @@ retry would re-sample, and whether that is acceptable is the caller's decision.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from agentrft.config import SamplerConfig  # the config section; re-exported here beside its client
 from agentrft.errors import AgentRFTError
 from agentrft.rollout.sampler import Completion, SamplingParams, TokenCallback
 
 __all__ = ["OpenAICompatSampler", "SamplerConfig", "SamplerError", "SamplerResponseError", "SamplerServerError",
-           "SamplerUnavailable", "build_remote_sampler"]
+           "SamplerUnavailable", "api_key", "build_remote_sampler"]
 
 
 class SamplerError(AgentRFTError):
@@ -62,33 +66,14 @@ class SamplerResponseError(SamplerError):
     """The server's answer is not a completions response this sampler can read token by token."""
 
 
-class SamplerConfig(BaseModel):
-    """Which sampler a job's rollouts use: the local model, or an OpenAI-compatible completions server."""
+MAX_CONCURRENT_REQUESTS = 16
+"""Requests one ``generate`` call has in flight at most (seeded rows go one per request)."""
 
-    model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["local", "openai_compat", "vllm"] = "local"
-    """``local``: sample from the policy in-process (:class:`~agentrft.rollout.hf_sampler.HFSampler`).
-    ``openai_compat``: POST /v1/completions of ``url`` (``agentrft serve``, vLLM, any server with vLLM's
-    token-id fields). ``vllm``: the same client; names the server kind in the record."""
-    url: str | None = None
-    """The server's base URL including ``/v1``, e.g. ``http://127.0.0.1:8000/v1``. Required unless local."""
-    model: str | None = None
-    """The ``model`` to request: the served name, or a LoRA adapter loaded on the server. Required unless local."""
-    api_key_env: str | None = None
-    """Name of the environment variable holding the bearer token (the key itself never goes in a config)."""
-    timeout_s: float = Field(600.0, gt=0)
-    """Longest a single completions request may take (connecting: at most 10 s of it)."""
-    max_context: int | None = Field(None, ge=2)
-    """Prompt + completion tokens per sequence; default: the server's ``max_model_len`` from ``GET /v1/models``."""
-
-    @model_validator(mode="after")
-    def _remote_needs_url_and_model(self) -> "SamplerConfig":
-        if self.backend != "local" and (not self.url or not self.model):
-            raise ValueError(f"sampler.backend {self.backend!r} needs sampler.url and sampler.model")
-        if self.backend == "local" and (self.url or self.model or self.api_key_env):
-            raise ValueError("sampler.url, sampler.model and sampler.api_key_env only apply to a remote backend")
-        return self
+def row_seed(seed: int, row: int) -> int:
+    """Row ``row``'s seed in a seeded call: ``seed`` itself for row 0 (a one-prompt call reproduces the local
+    sampler's), a well-mixed other one for each other row (``seed + row`` would repeat the next turn's)."""
+    return (seed ^ (row * 0x9E3779B97F4A7C15)) & (2**63 - 1)
 
 
 class OpenAICompatSampler:
@@ -122,8 +107,24 @@ class OpenAICompatSampler:
                 out[row] = Completion([], [], "length")
             else:
                 by_limit.setdefault(limit, []).append(row)
+        requests: list[tuple[list[int], int, int | None]] = []  # (rows, max_tokens, seed)
         for limit, rows in by_limit.items():
-            for row, comp in zip(rows, self._request([list(prompts[r]) for r in rows], params, limit)):
+            if params.seed is None:
+                requests.append((rows, limit, None))
+            else:  # a request's seed seeds each of its prompts alike: an RFT group's equal prompts, equal samples
+                requests.extend(([r], limit, row_seed(params.seed, r)) for r in rows)
+
+        def send(request: tuple[list[int], int, int | None]) -> list[Completion]:
+            rows, limit, seed = request
+            return self._request([list(prompts[r]) for r in rows], params, limit, seed)
+
+        if len(requests) > 1:  # concurrent, so the server can batch them (vLLM batches seeded rows too)
+            with ThreadPoolExecutor(min(len(requests), MAX_CONCURRENT_REQUESTS)) as pool:
+                answers = list(pool.map(send, requests))
+        else:
+            answers = [send(r) for r in requests]
+        for (rows, _, _), comps in zip(requests, answers):
+            for row, comp in zip(rows, comps):
                 out[row] = comp
         if on_token is not None:
             for row, comp in enumerate(out):
@@ -133,15 +134,16 @@ class OpenAICompatSampler:
 
     # -- the wire ------------------------------------------------------------------------------
 
-    def _request(self, prompts: list[list[int]], params: SamplingParams, max_tokens: int) -> list[Completion]:
+    def _request(self, prompts: list[list[int]], params: SamplingParams, max_tokens: int,
+                 seed: int | None) -> list[Completion]:
         body: dict[str, Any] = {
             "model": self.model, "prompt": prompts, "max_tokens": max_tokens, "n": 1,
             "temperature": params.temperature, "top_p": params.top_p,
             "stop_token_ids": list(params.stop_token_ids), "ignore_eos": True,
             "logprobs": 0, "return_tokens_as_token_ids": True, "return_token_ids": True,
         }
-        if params.seed is not None:
-            body["seed"] = int(params.seed)
+        if seed is not None:
+            body["seed"] = int(seed)
         data = self._post("/completions", body)
         choices = data.get("choices") if isinstance(data, dict) else None
         if not isinstance(choices, list) or len(choices) != len(prompts):
@@ -236,14 +238,19 @@ def _error_message(r: httpx.Response) -> str:
     return r.text[:300] or r.reason_phrase
 
 
+def api_key(config: SamplerConfig) -> str | None:
+    """The bearer token named by ``sampler.api_key_env`` (None without one); an error when it is not set."""
+    if not config.api_key_env:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise AgentRFTError(f"sampler.api_key_env: the environment variable {config.api_key_env} is not set")
+    return key
+
+
 def build_remote_sampler(config: SamplerConfig) -> OpenAICompatSampler:
     """The sampler a non-local ``sampler:`` section asks for (the key read from ``api_key_env``)."""
     if config.backend == "local":
         raise ValueError("sampler.backend is local: build the local sampler from the policy")
-    api_key = None
-    if config.api_key_env:
-        api_key = os.environ.get(config.api_key_env)
-        if not api_key:
-            raise AgentRFTError(f"sampler.api_key_env: the environment variable {config.api_key_env} is not set")
-    return OpenAICompatSampler(config.url, config.model, max_context=config.max_context, api_key=api_key,
+    return OpenAICompatSampler(config.url, config.model, max_context=config.max_context, api_key=api_key(config),
                                timeout_s=config.timeout_s)

@@ -23,6 +23,12 @@ the heavy part:
   polled (``request.is_disconnected()``) while it waits for the engine, a
   stream's is seen by its response (see :mod:`~agentrft.serving.streaming`).
 
+``model`` is the served name, or a LoRA adapter loaded through
+``/v1/load_lora_adapter`` (:mod:`~agentrft.serving.adapters`): the request
+is then sampled with that adapter, as in ``/v1/completions``, and answered
+under its name. :func:`busy`, :func:`read_body` and
+:func:`unless_disconnected` are shared with the completions router.
+
 The handler reads what it needs from ``request.app.state``: ``engine``
 (:class:`~agentrft.serving.engine.BatchingGenerator`), ``chat_format``,
 ``settings`` (:class:`~agentrft.serving.protocol.ServerSettings`),
@@ -37,7 +43,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -46,10 +52,11 @@ from starlette.requests import ClientDisconnect
 from agentrft.errors import AgentRFTError
 from agentrft.models.chat_format import ChatFormat
 from agentrft.rollout.sampler import Completion
+from agentrft.serving.adapters import AdapterNotLoaded, adapter_for
 from agentrft.serving.engine import BatchingGenerator, QueueFull
 from agentrft.serving.protocol import (APIError, ChatCompletionRequest, ServerSettings, byte_size, check_supported,
                                        completion_body, completion_choice, conversation, parse_json_body,
-                                       parse_request, require_served_model, stop_strings)
+                                       parse_request, stop_strings)
 from agentrft.serving.streaming import EventStream, stream_events
 
 logger = logging.getLogger(__name__)
@@ -66,8 +73,10 @@ class _Plan:
     """What one request asks of the engine, and how its answer is shaped."""
 
     prompt: list[int]
+    model: str
+    """The name the request asked for and is answered under: the served model's, or a loaded adapter's."""
     generation: dict[str, Any]
-    """Keyword arguments of :meth:`BatchingGenerator.submit`."""
+    """Keyword arguments of :meth:`BatchingGenerator.submit` (``adapter`` included)."""
     stops: list[str]
     parse_tools: bool
     stream: bool
@@ -83,6 +92,8 @@ async def chat_completions(request: Request) -> Response:
         raise
     except ClientDisconnect:  # gone while its body was being read
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except AdapterNotLoaded as e:  # unloaded between the request's check and its batch
+        raise APIError(404, str(e), param="model", code="model_not_found") from None
     except Exception as e:  # e.g. the sampler failed: this request gets a 500, the server keeps serving
         logger.exception("chat completion failed")
         raise APIError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from None
@@ -92,40 +103,41 @@ async def _complete(request: Request) -> Response:
     state = request.app.state
     engine, settings, loop = state.engine, state.settings, asyncio.get_running_loop()
     if state.preparing + engine.queued >= settings.max_queued_requests:
-        raise _busy(settings)
+        raise busy(settings)
     state.preparing += 1
     try:
-        raw = await _read_body(request, settings.max_request_bytes)
+        raw = await read_body(request, settings.max_request_bytes)
         plan = await loop.run_in_executor(state.tokenizer_thread, _prepare, raw, state.chat_format, settings,
-                                          state.max_context)
+                                          state.max_context, lambda name: adapter_for(state, name))
         del raw
         tokens: asyncio.Queue | None = asyncio.Queue() if plan.stream else None
         try:
             job = engine.submit(plan.prompt, stream=tokens, **plan.generation)
         except QueueFull:
-            raise _busy(settings) from None
+            raise busy(settings) from None
     finally:
         state.preparing -= 1
     if plan.stream:
-        events = stream_events(engine, job, tokens, state.tokenizer_thread, state.chat_format, settings.model_name,
+        events = stream_events(engine, job, tokens, state.tokenizer_thread, state.chat_format, plan.model,
                                plan.generation["n"], len(plan.prompt), plan.stops, plan.parse_tools,
                                plan.include_usage)
         return EventStream(events, on_close=lambda: engine.cancel(job))
-    completions = await _unless_disconnected(request, engine, job)
+    completions = await unless_disconnected(request, engine, job)
     if completions is None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     choices, n_completion = await loop.run_in_executor(state.tokenizer_thread, _choices, completions,
                                                        state.chat_format, plan.parse_tools, plan.stops)
-    return JSONResponse(completion_body(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), settings.model_name,
+    return JSONResponse(completion_body(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), plan.model,
                                         choices, len(plan.prompt), n_completion))
 
 
-def _busy(settings: ServerSettings) -> APIError:
+def busy(settings: ServerSettings) -> APIError:
+    """The 429 for a full queue (``max_queued_requests``), with ``Retry-After``."""
     return APIError(429, f"the server is busy: {settings.max_queued_requests} requests are already in its queue; "
                          "retry later", kind="requests", code="rate_limit_exceeded", headers={"Retry-After": "1"})
 
 
-async def _read_body(request: Request, limit: int) -> bytearray:
+async def read_body(request: Request, limit: int) -> bytearray:
     """The request body, read only up to ``limit`` bytes: a 413 beyond that."""
     too_large = APIError(413, f"the request body is larger than this server's limit of {byte_size(limit)} "
                               "(max_request_bytes)", code="request_too_large")
@@ -140,7 +152,7 @@ async def _read_body(request: Request, limit: int) -> bytearray:
     return body
 
 
-async def _unless_disconnected(request: Request, engine: BatchingGenerator, job) -> list[Completion] | None:
+async def unless_disconnected(request: Request, engine: BatchingGenerator, job) -> list[Completion] | None:
     """The job's completions; None, with the job cancelled, when the client goes away first."""
     waiter = asyncio.ensure_future(engine.result(job))
     try:
@@ -156,10 +168,12 @@ async def _unless_disconnected(request: Request, engine: BatchingGenerator, job)
             engine.cancel(job)
 
 
-def _prepare(raw: bytearray, chat_format: ChatFormat, settings: ServerSettings, max_context: int) -> _Plan:
-    """Decode, validate and render a request body; on the tokenizer thread."""
+def _prepare(raw: bytearray, chat_format: ChatFormat, settings: ServerSettings, max_context: int,
+             adapter_of: Callable[[str], str | None]) -> _Plan:
+    """Decode, validate and render a request body; on the tokenizer thread. ``adapter_of`` maps the request's
+    ``model`` to its adapter (None: the served model), or raises the 404."""
     req = parse_request(parse_json_body(raw))
-    return _plan(req, chat_format, settings, max_context)
+    return _plan(req, chat_format, settings, max_context, adapter_of)
 
 
 def _choices(completions: list[Completion], chat_format: ChatFormat, parse_tools: bool,
@@ -173,9 +187,10 @@ def _choices(completions: list[Completion], chat_format: ChatFormat, parse_tools
     return choices, n_completion
 
 
-def _plan(req: ChatCompletionRequest, chat_format: ChatFormat, settings: ServerSettings, max_context: int) -> _Plan:
+def _plan(req: ChatCompletionRequest, chat_format: ChatFormat, settings: ServerSettings, max_context: int,
+          adapter_of: Callable[[str], str | None]) -> _Plan:
     """Validate ``req`` against this server and render its prompt; a 4xx :class:`APIError` when it cannot run."""
-    require_served_model(req.model, settings)
+    adapter = adapter_of(req.model)
     check_supported(req)
     if req.n > settings.max_n:
         raise APIError(400, f"n must be at most {settings.max_n} on this server; got {req.n}", param="n")
@@ -200,6 +215,6 @@ def _plan(req: ChatCompletionRequest, chat_format: ChatFormat, settings: ServerS
     generation = dict(n=req.n, max_new_tokens=max_tokens,
                       temperature=1.0 if req.temperature is None else req.temperature,
                       top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
-                      stop_token_ids=tuple(chat_format.stop_token_ids))
-    return _Plan(prompt, generation, stop_strings(req), parse_tools=bool(tools) and req.tool_choice != "none",
+                      stop_token_ids=tuple(chat_format.stop_token_ids), adapter=adapter)
+    return _Plan(prompt, req.model, generation, stop_strings(req), parse_tools=bool(tools) and req.tool_choice != "none",
                  stream=bool(req.stream), include_usage=bool((req.stream_options or {}).get("include_usage")))

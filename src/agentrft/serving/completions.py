@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 
 from agentrft.rollout.sampler import Completion
 from agentrft.serving.adapters import AdapterNotLoaded, adapter_for
-from agentrft.serving.chat import CLIENT_CLOSED_REQUEST, _busy, _read_body, _unless_disconnected
+from agentrft.serving.chat import CLIENT_CLOSED_REQUEST, busy, read_body, unless_disconnected
 from agentrft.serving.engine import QueueFull
 from agentrft.serving.protocol import APIError, ServerSettings, parse_json_body, token_usage
 
@@ -115,10 +115,10 @@ async def _complete(request: Request) -> Response:
     state = request.app.state
     engine, settings, loop = state.engine, state.settings, asyncio.get_running_loop()
     if state.preparing + engine.queued >= settings.max_queued_requests:
-        raise _busy(settings)
+        raise busy(settings)
     state.preparing += 1
     try:
-        raw = await _read_body(request, settings.max_request_bytes)
+        raw = await read_body(request, settings.max_request_bytes)
         req = _parse(parse_json_body(raw))
         del raw
         adapter = adapter_for(state, req.model)
@@ -131,12 +131,12 @@ async def _complete(request: Request) -> Response:
         except QueueFull:
             for job in jobs:
                 engine.cancel(job)
-            raise _busy(settings) from None
+            raise busy(settings) from None
     finally:
         state.preparing -= 1
     results: list[list[Completion]] = []
     for k, job in enumerate(jobs):
-        got = await _unless_disconnected(request, engine, job)
+        got = await unless_disconnected(request, engine, job)
         if got is None:
             for rest in jobs[k + 1 :]:
                 engine.cancel(rest)

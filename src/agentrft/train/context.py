@@ -22,6 +22,7 @@ from agentrft.jobs.store import RunStore
 from agentrft.models.policy import Policy
 from agentrft.rollout.sampler import Sampler
 from agentrft.tools.environment import EnvSpec
+from agentrft.train.weight_sync import LocalWeightSync, WeightSync
 from agentrft.types import Grade, TaskRow, Trajectory
 
 GradeFn = Callable[[Trajectory, TaskRow], Grade]
@@ -46,6 +47,8 @@ class TrainContext:
     run_dir: Path = Path(".")
     lock: RunDirectoryLock | None = None
     """This process's hold on ``run_dir`` (:mod:`agentrft.jobs.lock`), released when the job ends."""
+    weight_sync: WeightSync = field(default_factory=LocalWeightSync)
+    """Gets the policy's weights to ``sampler`` and knows the version it samples (:mod:`agentrft.train.weight_sync`)."""
 
 
 @dataclass

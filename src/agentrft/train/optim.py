@@ -172,7 +172,8 @@ def shared_prefix(ctx: TrainContext, trajs: list[Trajectory]) -> PrefixPlan | No
 
 def optimizer_step(ctx: TrainContext, skip: bool = False) -> tuple[bool, float]:
     """Clip and apply the accumulated gradients; returns (stepped, grad_norm). After a step the sampler is
-    released (:meth:`Sampler.release`), so nothing sampled later sees the old weights."""
+    released (:meth:`Sampler.release`), so nothing sampled later sees the old weights. The scheduler steps
+    exactly when the weights do: :func:`agentrft.train.weight_sync.policy_version` counts on it."""
     params = ctx.policy.trainable_parameters()
     if skip:
         ctx.optimizer.zero_grad(set_to_none=True)

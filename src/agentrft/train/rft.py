@@ -147,6 +147,8 @@ class RFTMethod:
             "grading_s": grading_s,
             "training_s": training_s,
         }
+        if ctx.weight_sync.version is not None:  # the weights this step's rollouts were sampled with
+            metrics["policy_version"] = float(ctx.weight_sync.version)
         if cfg.rft.resample_rounds:
             metrics["resampled_tasks"] = float(resampled)
         for name in grades[0].sub_rewards if grades else []:
@@ -162,6 +164,8 @@ class RFTMethod:
         t0 = time.perf_counter()
         trajs = run_episodes(rows, ctx.env.make_env, ctx.sampler, ctx.policy.chat_format, rcfg, samples_per_task=group)
         sampling_s = time.perf_counter() - t0
+        for t in trajs:
+            t.policy_version = ctx.weight_sync.version  # what sampled them (the sync pushes after each update)
 
         t0 = time.perf_counter()
         grades = grade_all(ctx.grade, trajs, [rows[i // group] for i in range(len(trajs))])

@@ -60,6 +60,7 @@ from agentrft.train.no_signal import no_signal_reason, run_warning, stop_message
 from agentrft.train.optim import build_optimizer
 from agentrft.train.run_directory import (HOLDS_A_RUN, check_resume_config, describe, remove_store,
                                           set_aside_unfinished_run)
+from agentrft.train.weight_sync import build_weight_sync, start_sampling, stop_sampling, sync_weights
 from agentrft.types import TaskRow
 
 class TrainingStopped(AgentRFTError):
@@ -184,6 +185,8 @@ def eval_policy(ctx: TrainContext, step: int) -> dict:
         graded = evaluate_rows(ctx.eval_rows, ctx.env, ctx.sampler, ctx.policy.chat_format, ctx.cfg.eval_rollout(),
                                samples=1, batch_size=EVAL_BATCH_SIZE, grade=ctx.grade, progress=bar.update)
     summary = summarize(graded, time.perf_counter() - t0)
+    for g in graded:
+        g.trajectory.policy_version = ctx.weight_sync.version
     ctx.store.log_trajectories(step, [{**g.trajectory.to_dict(), "grade": g.grade.to_dict(), "reward": g.grade.reward}
                                       for g in graded], split="validation")
     return summary
@@ -340,9 +343,10 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, store: 
     items = _methods()[cfg.method].prepare(cfg, policy, env, train_rows)
     total = cfg.training.max_steps or steps_per_epoch(len(items), cfg.training.batch_size) * cfg.training.n_epochs
     optimizer, scheduler = build_optimizer(cfg, policy, total)
-    sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id, cpu_matmul=cfg.training.cpu_matmul)
+    sampler = (HFSampler(policy.model, pad_token_id=policy.pad_token_id, cpu_matmul=cfg.training.cpu_matmul)
+               if cfg.sampler.backend == "local" else None)  # a remote one connects once the weights are pushed
     ctx = TrainContext(cfg, policy, env, reward, optimizer, scheduler, sampler, store, items, eval_rows, total, run_dir,
-                       lock)
+                       lock, build_weight_sync(cfg, run_dir))
 
     state = TrainerState()
     if resume:
@@ -367,6 +371,7 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, store: 
         store.log_event("config_change", "\n".join(["resumed with a changed config:", *lines]),
                         {"changes": {k: [old, new] for k, (old, new) in changes.items()}}, step=state.step)
         store.update_config(cfg.model_dump(mode="json"))
+    start_sampling(ctx)  # the weights the run starts from (a resume's restored ones) reach the sampler first
     store.set_status("running")
     rt = _runtime(cfg)
     store.log_event("runtime", f"torch {rt['torch']}, {rt['threads']} threads, {rt['allocator']} allocator, "
@@ -394,6 +399,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     finally:
         if sinks is not None:
             sinks.close()
+        stop_sampling(ctx)
         ctx.lock.release()
         plot_finished_run(ctx.run_dir, log)  # RUN_DIR/metrics.png; never fails the run
     warning = run_warning(ctx.cfg.method, state.step, state.no_signal_steps, state.updates)
@@ -423,6 +429,7 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None],
             batch = cycle_batches(ctx.items, cfg.training.batch_size, step, cfg.seed)
             t0 = time.perf_counter()
             metrics = method.step(ctx, batch, step)
+            metrics.update(sync_weights(ctx))  # the sampler samples the updated weights from here on
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics["lr"] = ctx.scheduler.get_last_lr()[0]
             no_signal = no_signal_reason(cfg.method, batch, metrics)
