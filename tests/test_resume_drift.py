@@ -147,3 +147,14 @@ def test_a_run_that_failed_before_its_first_checkpoint_is_replaced_by_a_plain_re
     with pytest.raises(ConfigError, match="needs --resume"):
         run_job(cfg, model=copy.deepcopy(tiny_model[0]), tokenizer=tiny_model[1], allow_config_change=True,
                 log=lambda s: None)
+
+
+def test_where_metrics_go_and_where_the_server_is_are_not_drift(tmp_path):
+    """``sinks`` and ``sampler.url`` may change on a resume; ``sampler.backend`` may not (it is how the run samples)."""
+    saved = load_config(rft(tmp_path / "run")).model_dump(mode="json")
+    given = copy.deepcopy(saved)
+    given["sinks"]["tensorboard"] = not saved["sinks"]["tensorboard"]
+    given["sampler"]["url"] = "http://127.0.0.1:9999/v1"
+    assert config_changes(saved, given) == {}
+    given["sampler"]["backend"] = "openai_compat"
+    assert list(config_changes(saved, given)) == ["sampler.backend"]

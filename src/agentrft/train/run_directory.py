@@ -39,10 +39,11 @@ from agentrft.jobs.store import DB_NAME, FINISHED_STATUSES, RunStore, StoreError
 PATH_KEYS = ("init_from", "data.train_file", "data.eval_file", "data.demonstrations_file", "data.pairs_file",
              "data.pairs_from_run")
 """Keys holding a path: equal when they name the same place, whichever way they are written."""
-NOT_COMPARED = ("out_dir", "sinks")
+NOT_COMPARED = ("out_dir", "sinks", "sampler.url")
 """Not how the run trains: ``out_dir`` is where the run is found (unset on a start that took
 ``runs/<method>-<time>``, relative or absolute, it names the directory being resumed); ``sinks`` (and every
-key under it) are where metrics are copied to, so a resume may switch TensorBoard or W&B on or off."""
+key under it) are where metrics are copied to, so a resume may switch TensorBoard or W&B on or off;
+``sampler.url`` is where the inference server is found (it may have moved; the weights are pushed again)."""
 
 _MISSING = "(unset)"
 
@@ -74,13 +75,17 @@ def config_changes(saved: dict[str, Any], given: dict[str, Any]) -> dict[str, tu
     """``{dotted key: (saved value, given value)}`` for each key whose value differs, sorted by key."""
     a, b = _normalised(saved), _normalised(given)
     changes = {}
-    for key in sorted(k for k in a.keys() | b.keys() if k.split(".")[0] not in NOT_COMPARED):
+    for key in sorted(k for k in a.keys() | b.keys() if not _not_compared(k)):
         old, new = a.get(key, _MISSING), b.get(key, _MISSING)
         if key == "training.cpu_matmul" and "auto" in (old, new):
             continue  # pinned at the start; "auto" on a resume means "what the run pinned"
         if old != new:
             changes[key] = (old, new)
     return changes
+
+
+def _not_compared(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NOT_COMPARED)
 
 
 def describe(changes: dict[str, tuple[Any, Any]]) -> list[str]:
