@@ -265,7 +265,7 @@ def test_a_full_queue_is_a_429_and_requests_leave_nothing_behind(chat_format):
             answers = [f.result(timeout=10).choices[0].message.content for f in [running, *waiting]]
         assert answers == ["ok"] * 3
         gc.collect()
-        jobs = [o for o in gc.get_objects() if type(o).__module__ == "agentrft.serving.engine" and hasattr(o, "future")]
+        jobs = [o for o in gc.get_objects() if type(o).__module__ == "agentrft.rollout.batching" and hasattr(o, "future")]
         assert jobs == []  # while the server runs on, no answered request's prompt or result is kept
 
 

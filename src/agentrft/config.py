@@ -73,6 +73,13 @@ class RolloutConfig(BaseModel):
     """Longer tool results are truncated before they reach the model."""
     seed: int | None = None
     """Base seed of the sampler's draws (each turn derives its own); none: fresh randomness."""
+    mode: Literal["lockstep", "per_episode"] = "lockstep"
+    """How rollouts advance: ``lockstep`` (one sampler call per turn for all of them, then all their tools;
+    token-reproducible at any temperature) or ``per_episode`` (each samples its next turn as soon as its own
+    tools return, ready turns share a call: faster with slow tools; at temperature > 0 with a local sampler a
+    rerun is not token-identical). See docs/scale.md."""
+    max_concurrent_episodes: int = Field(64, ge=1)
+    """``per_episode``: rollouts in flight at once."""
 
 
 class DataConfig(_Section):

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from agentrft.config import RolloutConfig
 from agentrft.models.chat_format import ChatFormat
-from agentrft.rollout.episode import run_episodes
+from agentrft.rollout.collector import collect_episodes
 from agentrft.rollout.sampler import Sampler
 from agentrft.tools.environment import EnvSpec
 from agentrft.types import Grade, TaskRow, ToolCallRecord, Trajectory
@@ -286,7 +286,7 @@ def evaluate_rows(
     tasks_per_batch = max(1, batch_size // max(1, samples))
     for start in range(0, len(rows), tasks_per_batch):
         chunk = rows[start : start + tasks_per_batch]
-        trajs = run_episodes(chunk, env.make_env, sampler, chat_format, config, samples_per_task=samples)
+        trajs = collect_episodes(chunk, env.make_env, sampler, chat_format, config, samples_per_task=samples)
         rows_of = [chunk[i // samples] for i in range(len(trajs))]
         for row, traj, g in zip(rows_of, trajs, grade_all(grade, trajs, rows_of)):
             graded.append(GradedRollout(row, traj, g))

@@ -3,7 +3,10 @@
 Many rollouts advance in lockstep so each assistant turn is one batched call
 to the sampler; the tool calls of every active rollout in that turn then run
 concurrently on the tools event loop. Each rollout gets a fresh environment
-built from its task row and closed at the end, whatever happens.
+built from its task row and closed at the end, whatever happens. The per-turn
+step (:func:`start_episode`, :func:`advance_episodes`) is shared with the
+per-episode collector (:mod:`agentrft.rollout.collector`), which advances each
+rollout on its own instead of waiting for the turn's slowest tool.
 
 Token fidelity: the trajectory's token record is built by appending, never by
 re-rendering. Prompt tokens come from the chat format once; sampled tokens are
@@ -111,7 +114,7 @@ def run_episodes(
     live: list[_Live] = []
     for row in tasks:
         for k in range(samples_per_task):
-            live.append(_start(row, k, make_env, chat_format, config, guardrails))
+            live.append(start_episode(row, k, make_env, chat_format, config, guardrails))
     for lv in live:
         if lv.done and on_finished:
             on_finished(lv.traj)
@@ -122,18 +125,33 @@ def run_episodes(
         if not active:
             break
         turn += 1
-        _sample_turn(active, sampler, chat_format, config, turn)
-        _run_tools(active, chat_format, config, turn)
-        for lv in active:
-            if lv.done:
-                _finish(lv)
-                if on_finished:
-                    on_finished(lv.traj)
+        for lv in advance_episodes(active, sampler, chat_format, config, turn, turn_seed(config, turn)):
+            if on_finished:
+                on_finished(lv.traj)
     return [lv.traj for lv in live]
 
 
-def _start(row: TaskRow, k: int, make_env: Callable[[TaskRow], Environment | None], chat_format: ChatFormat,
-           config: RolloutConfig, guardrails: Guardrails | None) -> _Live:
+def turn_seed(config: RolloutConfig, turn: int) -> int | None:
+    """The seed of turn ``turn``'s sampler call (None: fresh randomness)."""
+    return None if config.seed is None else (config.seed * 1_000_003 + turn) % (2**31)
+
+
+def advance_episodes(active: list[_Live], sampler: Sampler, chat_format: ChatFormat, config: RolloutConfig,
+                     turn: int, seed: int | None) -> list[_Live]:
+    """One turn of the ``active`` rollouts: one ``sampler`` call for all of them (seeded with ``seed``), then
+    their tool calls, concurrently. Returns the rollouts this turn ended, finished (environment closed)."""
+    _sample_turn(active, sampler, chat_format, config, turn, seed)
+    _run_tools(active, chat_format, config, turn)
+    ended = [lv for lv in active if lv.done]
+    for lv in ended:
+        _finish(lv)
+    return ended
+
+
+def start_episode(row: TaskRow, k: int, make_env: Callable[[TaskRow], Environment | None], chat_format: ChatFormat,
+                  config: RolloutConfig, guardrails: Guardrails | None = None) -> _Live:
+    """Sample ``k`` of ``row``: its environment set up and its prompt rendered (or, if that failed, finished
+    as an ``env_setup`` infra failure with ``done`` set)."""
     messages = normalize_messages(row.get("messages") or [])
     traj = Trajectory(task_id=str(row.get("id", "")), messages=messages, group_index=k)
     traj.timings.update(start=time.time(), sampling_s=0.0, tools_s=0.0)
@@ -162,8 +180,7 @@ def _start(row: TaskRow, k: int, make_env: Callable[[TaskRow], Environment | Non
 
 
 def _sample_turn(active: list[_Live], sampler: Sampler, chat_format: ChatFormat, config: RolloutConfig,
-                 turn: int) -> None:
-    seed = None if config.seed is None else (config.seed * 1_000_003 + turn) % (2**31)
+                 turn: int, seed: int | None) -> None:
     params = SamplingParams(
         temperature=config.temperature,
         top_p=config.top_p,

@@ -30,7 +30,7 @@ from agentrft.config import JobConfig
 from agentrft.errors import AgentRFTError
 from agentrft.evaluation import grade_all, is_correct
 from agentrft.models.policy import Policy
-from agentrft.rollout.episode import run_episodes
+from agentrft.rollout.collector import collect_episodes
 from agentrft.tools.environment import EnvSpec
 from agentrft.train.context import TrainContext
 from agentrft.train.demonstrations import cycle_batches
@@ -162,7 +162,8 @@ class RFTMethod:
         advantages are known). Returns ``(rows, trajectories, grades, sampling_s, grading_s)``."""
         cfg, group = ctx.cfg, ctx.cfg.rft.group_size
         t0 = time.perf_counter()
-        trajs = run_episodes(rows, ctx.env.make_env, ctx.sampler, ctx.policy.chat_format, rcfg, samples_per_task=group)
+        trajs = collect_episodes(rows, ctx.env.make_env, ctx.sampler, ctx.policy.chat_format, rcfg,
+                                 samples_per_task=group, batch_requests=cfg.sampler.backend == "local")
         sampling_s = time.perf_counter() - t0
         for t in trajs:
             t.policy_version = ctx.weight_sync.version  # what sampled them (the sync pushes after each update)
