@@ -107,7 +107,6 @@ CREATE TABLE IF NOT EXISTS trajectories (
 CREATE INDEX IF NOT EXISTS trajectories_step ON trajectories (step);
 CREATE INDEX IF NOT EXISTS trajectories_task ON trajectories (task_id);
 CREATE INDEX IF NOT EXISTS trajectories_reward ON trajectories (reward);
-CREATE INDEX IF NOT EXISTS trajectories_split ON trajectories (split, step);
 CREATE TABLE IF NOT EXISTS checkpoints (
     step    INTEGER PRIMARY KEY,
     path    TEXT NOT NULL,
@@ -180,6 +179,9 @@ class RunStore:
                 raise StoreError(
                     f"{self.db_path} has schema version {version}, newer than this agentrft "
                     f"understands ({SCHEMA_VERSION}); upgrade agentrft to read it")
+            # after the v1 migration (which adds the column): the dashboard's split filter reads it
+            with self._tx() as db:
+                db.execute("CREATE INDEX IF NOT EXISTS trajectories_split ON trajectories (split, step)")
 
     def _migrate_v1(self) -> None:
         """v1 -> v2: add ``trajectories.split``; every v1 row was a training sample."""
