@@ -22,7 +22,7 @@ MAX_LINES = 600
 LAYERS: dict[str, int] = {
     "agentrft.types": 0, "agentrft.errors": 0, "agentrft.allocator": 0, "agentrft.trust": 0,
     "agentrft.algo": 1, "agentrft.datasets": 1,
-    "agentrft.config": 2,
+    "agentrft.config": 2, "agentrft.config_sections": 2,
     "agentrft.models": 3, "agentrft.tools": 3, "agentrft.graders": 3, "agentrft.machine": 3,
     "agentrft.rollout": 4,
     "agentrft.envs": 5, "agentrft.evaluation": 5,

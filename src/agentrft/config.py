@@ -24,12 +24,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agentrft.algo.advantages import AdvantageEstimator, Credit
+from agentrft.algo.importance import ISCorrection
 from agentrft.algo.losses import Aggregation, PolicyLoss
+from agentrft.config_sections import (
+    MonitorsConfig,
+    PrivacyConfig,
+    PromptConfig,
+    RuntimeConfig,
+    SamplerConfig,
+    SinksConfig,
+    WandbSinkConfig,
+    _Section,
+)
 from agentrft.errors import ConfigError
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, use_enum_values=False, use_attribute_docstrings=True)
 
 
 class Method(str, Enum):
@@ -197,6 +204,20 @@ class RFTConfig(_Section):
     gamma: float = Field(1.0, ge=0, le=1)
     """Discount per assistant turn for ``credit: per_turn``."""
 
+    asynchronous: bool = False
+    """Off-policy RFT: rollouts of policy version k are collected while version k+1 trains
+    (:mod:`agentrft.train.async_rft`); needs a remote sampler (``sampler.backend: openai_compat|vllm``),
+    which keeps sampling with the adapter it has while the trainer updates. Off: each step samples, then trains."""
+    max_staleness: int = Field(1, ge=0)
+    """Asynchronous RFT: a rollout sampled by policy version v is trained on at version k only if k - v <= this
+    (older ones are dropped and counted); 0 is on-policy with rollouts still overlapping grading."""
+    is_correction: ISCorrection | None = None
+    """Truncated importance-sampling weights on the loss for the sampler/trainer mismatch
+    (:mod:`agentrft.algo.importance`); default: ``token_truncate`` when ``asynchronous`` or a remote sampler,
+    else none (the local sampler is the trainer's own model)."""
+    is_cap: float = Field(2.0, gt=0)
+    """The weights' cap (TRL's ``vllm_importance_sampling_cap``, verl's ``rollout_is_threshold``)."""
+
 
 class DPOConfig(_Section):
     beta: float = Field(0.1, gt=0)
@@ -251,79 +272,6 @@ class TrainingConfig(_Section):
     (see :mod:`agentrft.models.onednn`). No effect on GPU or in bfloat16."""
 
 
-class WandbSinkConfig(_Section):
-    """Weights & Biases, offline only: the run's metrics as a local W&B run that ``wandb sync DIR`` can upload
-    later. agentrft never logs in or sends anything over the network (``online`` is refused)."""
-
-    mode: str = "offline"
-    """``offline`` (write the W&B run files locally) or ``disabled`` (keep the section, write nothing)."""
-    project: str = "agentrft"
-    """W&B project name recorded in the offline run (used when it is synced)."""
-    dir: str | None = None
-    """Folder in which W&B makes its ``wandb/`` folder of ``offline-run-*`` runs; default the run directory
-    (so ``RUN_DIR/wandb``)."""
-
-    @field_validator("mode")
-    @classmethod
-    def _offline_only(cls, mode: str) -> str:
-        if mode not in ("offline", "disabled"):
-            raise ValueError(f"{mode!r}: only 'offline' or 'disabled'; agentrft never sends metrics over the "
-                             "network (upload an offline run with `wandb sync DIR`)")
-        return mode
-
-
-class SinksConfig(_Section):
-    """Where step and validation metrics go besides ``run.db``, which stays the source of truth. A sink that
-    fails to write is switched off with a ``sink_failed`` event; it never fails the run."""
-
-    tensorboard: bool = False
-    """Write TensorBoard event files to ``RUN_DIR/tensorboard`` (needs ``tensorboardX``)."""
-    wandb: WandbSinkConfig | None = None
-    """Write an offline Weights & Biases run (needs ``wandb``); unset: no W&B."""
-
-
-class SamplerConfig(_Section):
-    """Which sampler a job's rollouts use: the local model, or an OpenAI-compatible completions server.
-
-    With a remote backend a training job pushes its LoRA adapter to the server before the first rollout and
-    after every update, and its rollouts request it by ``model`` (:mod:`agentrft.train.weight_sync`,
-    docs/scale.md). Defined here, with the other config sections, and re-exported by
-    :mod:`agentrft.rollout.openai_compat_sampler`, which builds the client."""
-
-    backend: Literal["local", "openai_compat", "vllm"] = "local"
-    """``local``: sample from the policy in-process (:class:`~agentrft.rollout.hf_sampler.HFSampler`).
-    ``openai_compat``: POST /v1/completions of ``url`` (``agentrft serve``, vLLM, any server with vLLM's
-    token-id fields). ``vllm``: the same client; names the server kind in the record."""
-    url: str | None = None
-    """The server's base URL including ``/v1``, e.g. ``http://127.0.0.1:8000/v1``. Required unless local."""
-    model: str | None = None
-    """The ``model`` to request: the served name, or a LoRA adapter loaded on the server. Required unless local.
-    In a training job, the name the run's adapter is loaded under (each push replaces it): not the server's
-    served name, and one per run when runs share a server."""
-    api_key_env: str | None = None
-    """Name of the environment variable holding the bearer token (the key itself never goes in a config)."""
-    timeout_s: float = Field(600.0, gt=0)
-    """Longest a single completions request may take (connecting: at most 10 s of it)."""
-    max_context: int | None = Field(None, ge=2)
-    """Prompt + completion tokens per sequence; default: the server's ``max_model_len`` from ``GET /v1/models``."""
-    sync_dir: str | None = None
-    """Training: the folder each pushed adapter is saved in (a new sub-folder per push); default
-    ``RUN_DIR/sync``. The server reads it at the same path: for ``agentrft serve`` it must lie inside its
-    ``--lora-root``."""
-    sync_attempts: int = Field(3, ge=1)
-    """Training: tries per push when the server cannot be reached or answers a 5xx (1 s, 2 s, 4 s, ... apart);
-    then the run stops rather than train on while the server samples older weights."""
-
-    @model_validator(mode="after")
-    def _remote_needs_url_and_model(self) -> "SamplerConfig":
-        if self.backend != "local" and (not self.url or not self.model):
-            raise ValueError(f"sampler.backend {self.backend!r} needs sampler.url and sampler.model")
-        if self.backend == "local" and (self.url or self.model or self.api_key_env or self.sync_dir):
-            raise ValueError("sampler.url, sampler.model, sampler.api_key_env and sampler.sync_dir only apply to a "
-                             "remote backend")
-        return self
-
-
 class JobConfig(_Section):
     method: Method
     model: str = "smollm2-135m"
@@ -353,6 +301,14 @@ class JobConfig(_Section):
     """Where rollouts (RFT's and the periodic eval's) are sampled: ``backend: local|openai_compat|vllm``; a
     remote server samples with the run's LoRA adapter, pushed to it before the first rollout and after every
     update (:mod:`agentrft.train.weight_sync`)."""
+    runtime: RuntimeConfig = RuntimeConfig()
+    """Where rollouts run: in-process or on Ray rollout workers (:mod:`agentrft.runtime`)."""
+    privacy: PrivacyConfig = PrivacyConfig()
+    """What of the trajectories' text is written to disk: full, redacted or none."""
+    monitors: MonitorsConfig = MonitorsConfig()
+    """Live reward-hacking and drift monitors during RFT."""
+    prompt: PromptConfig = PromptConfig()
+    """System prompt and tool descriptions applied to every task (what ``agentrft optimize`` writes)."""
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "JobConfig":
@@ -402,6 +358,17 @@ class JobConfig(_Section):
             raise ValueError(f"sampler.backend {self.sampler.backend!r}: method {self.method.value!r} samples only for "
                              "its periodic eval, and training.eval_samples is 0, so nothing would sample from the "
                              "server; use sampler.backend: local")
+        if self.rft.asynchronous and self.method != Method.RFT:
+            raise ValueError(f"rft.asynchronous is an RFT setting; method {self.method.value!r} has no rollouts to overlap")
+        if self.rft.asynchronous and self.sampler.backend == "local":
+            raise ValueError("rft.asynchronous needs a remote sampler (sampler.backend: openai_compat or vllm): the "
+                             "local sampler is the trainer's own model, which cannot sample version k while "
+                             "version k+1 trains")
+        if self.runtime.backend == "ray" and self.method != Method.RFT:
+            raise ValueError(f"runtime.backend 'ray' runs RFT's rollouts on Ray workers; method "
+                             f"{self.method.value!r} has none (use runtime.backend: local)")
+        if self.monitors.enabled and self.method != Method.RFT:
+            raise ValueError(f"monitors watch RFT's live rollouts; method {self.method.value!r} has none")
         if self.rollout.seed is not None:
             raise ValueError("rollout.seed: a job derives its sampling seeds from the top-level 'seed' (per step, "
                              "and for its evals); set that instead")
