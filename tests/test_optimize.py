@@ -307,14 +307,12 @@ def test_a_winning_variant_becomes_best_yaml_and_reproduces(tokenizer, tmp_path)
     out = tmp_path / "out"
     trained = load_config(out / "best.yaml")  # what `agentrft train` reads
     assert trained.data.env == "finance" and trained.rollout.max_turns == 2
-    train_rows = [json.loads(x) for x in Path(trained.data.train_file).read_text().splitlines()]
-    assert len(train_rows) == len(load_split("train"))
-    assert all(r["messages"][0]["content"].startswith("MAGIC-WORD") for r in train_rows)
-    assert any("tool descriptions" in n or "descriptions of an environment" in n for n in report["notes"])
+    assert trained.prompt.system == "MAGIC-WORD. Answer with the number." and trained.prompt.system_mode == "replace"
+    assert trained.prompt.tool_descriptions == {"read": "Read a document by its id."}
+    assert not any((out / f).exists() for f in ("best_variant.yaml", "best_train.jsonl", "best_eval.jsonl"))
 
-    best_job, residual = load_best(out)
-    assert residual.tool_descriptions == {"read": "Read a document by its id."} and residual.system_prompt is None
-    again, summary = evaluate_variant(best_job, residual, sampler, cf, limit=cfg.limit)
+    best_job = load_best(out)
+    again, summary = evaluate_variant(best_job, None, sampler, cf, limit=cfg.limit)
     assert summary["reward_mean"] == 1.0
     winners = _trajectories(out, "magic")
     assert [g.trajectory.token_ids for g in again] == [t["token_ids"] for t in winners]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -116,29 +116,50 @@ class PrivacyConfig(_Section):
 
 
 class MonitorsConfig(_Section):
-    """Live monitors during RFT (:mod:`agentrft.governance.monitors`): each step, on the step's trajectories.
-    An alert is an event in the run's store; ``action: stop`` ends the run after the step that raised it."""
+    """Live monitors during RFT (:mod:`agentrft.train.monitors`), each step on the step's own rollouts: hacking
+    probes, drift from the first steps, and an optional held-out grader. Their values are step metrics
+    (``monitor/...``), each alert a ``monitor_alert`` event in the run's store; ``action: stop`` ends the run
+    after the step that raised it, with that step's checkpoint written."""
 
     enabled: bool = False
     action: Literal["warn", "stop"] = "warn"
     """What an alert does besides being recorded: ``warn`` (log it) or ``stop`` (end the run, checkpointed)."""
     sample_size: int = Field(8, ge=1)
-    """Trajectories per step the grader's hacking probes are run on."""
+    """Rollouts per step (a deterministic sample) checked against the hacking probes and the held-out grader."""
     max_probe_hit_rate: float = Field(0.25, ge=0, le=1)
-    """Alert when more than this fraction of probed trajectories score high on a hacking probe."""
+    """Alert when more than this fraction of the sampled rollouts scored >= 0.5 with an answer shaped like a
+    hacking probe (empty, the question echoed, the reference buried in a ramble, ...)."""
     baseline_steps: int = Field(2, ge=1)
-    """Steps whose means are the drift baseline (length, tool calls, refusals)."""
+    """Steps whose means are the drift baseline (length, tool calls, refusals): the run's first ones."""
     max_drift_ratio: float = Field(3.0, gt=1)
-    """Alert when a step's mean length or tool calls exceed baseline × this, or fall below baseline / this."""
+    """Alert when a step's mean sampled length, tool calls or refusal rate exceeds baseline × this, or falls
+    below baseline / this."""
+    refusal_patterns: list[str] = [r"\bI can(?:no|')t\b", r"\bI(?: a|')m (?:sorry|unable)\b", r"\bI won't\b",
+                                   r"\bas an AI\b"]
+    """Regular expressions (case-insensitive) that make a final answer a refusal, for the refusal-rate drift."""
     heldout_grader: dict[str, Any] | str | None = None
-    """An optional second grader (spec inline or a path) scored on the sampled trajectories."""
+    """An optional second grader (spec inline or a path) scored on the sampled rollouts."""
     max_disagreement: float = Field(0.3, ge=0, le=1)
     """Alert when the training and held-out graders' mean absolute reward difference exceeds this."""
 
+    @field_validator("refusal_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"refusal pattern {pattern!r} is not a regular expression: {e}") from None
+        return patterns
+
 
 class PromptConfig(_Section):
-    """The agent's system prompt and tool descriptions, as ``agentrft optimize`` varies them; applied to every
-    task of the job (training and evals). Unset fields leave the tasks' own."""
+    """The agent's system prompt, tool descriptions and guardrails, as ``agentrft optimize`` varies them; applied
+    to every task of the job, training and evals (:func:`agentrft.tools.presentation.present_prompt`). Unset
+    fields leave the tasks' own. A served model gets the client's messages as sent: send the same system
+    prompt from your client."""
 
     system: str | None = None
     """A system prompt for every task."""
@@ -146,3 +167,7 @@ class PromptConfig(_Section):
     """``replace`` the tasks' system message with ``system``, or ``prepend`` it to theirs."""
     tool_descriptions: dict[str, str] = {}
     """Tool name -> description, replacing the description the model sees in its tool schemas."""
+    guardrails: dict[str, Any] | None = None
+    """Allow-lists, per-tool caps and argument constraints checked before each tool call
+    (:class:`~agentrft.tools.guardrails.GuardrailConfig`'s keys; a refused call is a typed ``guardrail``
+    error on the trajectory)."""

@@ -16,15 +16,12 @@ Why paired and not "the highest mean wins": on 16-64 tasks the accuracy
 intervals of two prompts overlap almost always; the pairs remove the
 per-task difficulty, and a winner must clear a Bonferroni-widened interval.
 
-Carrying the winner into training: a :class:`~agentrft.config.JobConfig` has no
-field for a system prompt, tool descriptions or guardrails. ``best.yaml``
-carries the system prompt in the task rows themselves (``data.train_file`` and
-``data.eval_file``, rewritten copies of the job's tasks, which a built-in
-environment runs with its own tools and grader) and the budgets in ``rollout``;
-descriptions of an environment's tools and guardrails, which only a new job
-field could carry, go to ``best_variant.yaml`` and into the report's notes.
-:func:`load_best` reads both back, and :func:`evaluate_variant` on them
-reproduces the winner's eval.
+Carrying the winner into training: ``best.yaml`` is the base job with the
+winner's system prompt, tool descriptions and guardrails in its ``prompt``
+section (:class:`~agentrft.config.PromptConfig`, applied to every task of a
+training run and its evals by :func:`agentrft.tools.presentation.present_prompt`)
+and its budgets in ``rollout``. :func:`evaluate_variant` on :func:`load_best`'s
+job reproduces the winner's eval token for token.
 """
 
 from __future__ import annotations
@@ -37,18 +34,18 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agentrft.config import JobConfig, Method, _format_validation_error, load_config
-from agentrft.datasets import load_jsonl_dataset, write_jsonl
-from agentrft.errors import AgentRFTError, ConfigError
+from agentrft.config import JobConfig, PromptConfig, _format_validation_error, load_config
+from agentrft.errors import ConfigError
 from agentrft.evaluation import GradedRollout, evaluate_rows, is_correct, paired_accuracy, summarize, \
     write_eval_outputs
 from agentrft.governance.proposer import ProposalError, ProposerConfig, build_prompt, make_client, parse_proposal, \
     proposed_variant
 from agentrft.governance.report import failure_breakdown, markdown_report, paired_reward_difference, verdict
-from agentrft.governance.variants import BASELINE, Variant, apply_variant, rewrite_row, variant_rollout
+from agentrft.governance.variants import BASELINE, Variant, apply_variant, variant_rollout
 from agentrft.models.chat_format import ChatFormat
 from agentrft.rollout.episode import tools_for_row
 from agentrft.rollout.sampler import Sampler
+from agentrft.tools.presentation import present_prompt
 from agentrft.types import TaskRow
 
 __all__ = ["OptimizeConfig", "evaluate_variant", "load_best", "load_optimize_config", "measurement_tasks",
@@ -129,7 +126,8 @@ def measurement_tasks(job: JobConfig, split: str | None = None, limit: int | Non
         raise ConfigError("optimize measures on validation tasks: give the job data.eval_file or data.env")
     source = task_source(env_name, split or d.eval_split, d.eval_file, job.tools, job.grader)
     rows = [r if r.get("id") not in (None, "") else {**r, "id": f"task-{i}"} for i, r in enumerate(source.rows)]
-    return source.env, rows, (rows[:limit] if limit else rows)
+    env, (rows,) = present_prompt(job.prompt, source.env, rows)  # the job as it trains: its prompt section
+    return env, rows, (rows[:limit] if limit else rows)
 
 
 def evaluate_variant(job: JobConfig, variant: Variant | None, sampler: Sampler, chat_format: ChatFormat,
@@ -211,7 +209,7 @@ def run_optimize(cfg: OptimizeConfig, job: JobConfig, job_raw: dict[str, Any], s
         "notes": [],
     }
     _write_report(out, report)  # first: a failure writing best.yaml must not lose the measurement
-    report["notes"] += write_best(out, job_raw, job, env, all_rows, best_variant, cfg)
+    report["notes"] += write_best(out, job_raw, job, best_variant)
     _write_report(out, report)
     return report
 
@@ -285,14 +283,13 @@ def _propose(cfg: OptimizeConfig, env, rows: list[TaskRow], results: dict, tool_
     return records
 
 
-def write_best(out: Path, job_raw: dict[str, Any], job: JobConfig, env, measured_rows: list[TaskRow],
-               variant: Variant | None, cfg: OptimizeConfig) -> list[str]:
-    """``best.yaml`` (a training config with the winner's system prompt in its task files and its budgets in
-    ``rollout``) and, when the winner changes what no job field holds, ``best_variant.yaml``; returns notes."""
+def write_best(out: Path, job_raw: dict[str, Any], job: JobConfig, variant: Variant | None) -> list[str]:
+    """``best.yaml``: the base job with the winner's system prompt, tool descriptions and guardrails in its
+    ``prompt`` section and its budgets in ``rollout``; returns notes for the report."""
     out.mkdir(parents=True, exist_ok=True)
     raw = json.loads(json.dumps(job_raw))
     notes: list[str] = []
-    for stale in ("best_variant.yaml", "best_train.jsonl", "best_eval.jsonl"):
+    for stale in ("best_variant.yaml", "best_train.jsonl", "best_eval.jsonl"):  # what older versions wrote
         (out / stale).unlink(missing_ok=True)
     if variant is not None:
         overrides = dict(variant.rollout)
@@ -300,26 +297,10 @@ def write_best(out: Path, job_raw: dict[str, Any], job: JobConfig, env, measured
             overrides["max_tool_output_chars"] = variant.tool_output.max_chars
         if overrides:
             raw["rollout"] = {**(raw.get("rollout") or {}), **overrides}
-        if variant.system_prompt is not None or variant.tool_descriptions:
-            data = raw.setdefault("data", {})
-            if job.data.env_name() is not None:
-                data["env"] = job.data.env_name()  # the rows' files must not replace the environment
-            write_jsonl(out / "best_eval.jsonl", [rewrite_row(r, variant) for r in measured_rows])
-            data["eval_file"] = str((out / "best_eval.jsonl").resolve())
-            task_file = _training_task_file(job)
-            if task_file is not None or (job.data.train_file is None and job.data.env_name() is not None):
-                train_rows = load_jsonl_dataset(task_file).rows if task_file else env.load_split(job.data.train_split)
-                write_jsonl(out / "best_train.jsonl", [rewrite_row(r, variant) for r in train_rows])
-                data["train_file"] = str((out / "best_train.jsonl").resolve())
-            else:
-                notes.append("the job's training file holds demonstrations or pairs, whose conversations keep "
-                             "their own system prompt; only its tasks were rewritten")
-        residual = variant.model_dump(include={"name", "tool_descriptions", "guardrails"}, exclude_none=True)
-        if residual.get("tool_descriptions") or residual.get("guardrails"):
-            (out / "best_variant.yaml").write_text(yaml.safe_dump(residual, sort_keys=False), encoding="utf-8")
-            notes.append("a training config has no field for the descriptions of an environment's tools or for "
-                         "guardrails: `agentrft train best.yaml` runs without them; best_variant.yaml holds them "
-                         "(agentrft.governance.load_best applies them to an eval)")
+        section, note = merged_prompt(job.prompt, variant)
+        if section:
+            raw["prompt"] = section
+        notes += note
     header = (f"# written by agentrft optimize: best = {variant.name if variant else BASELINE}"
               f" ({', '.join(variant.changes()) if variant else 'the base job unchanged'})\n")
     load_config(raw)  # what is written must load
@@ -328,26 +309,36 @@ def write_best(out: Path, job_raw: dict[str, Any], job: JobConfig, env, measured
     return notes
 
 
-def _training_task_file(job: JobConfig) -> str | None:
-    """``data.train_file`` when it holds tasks, not the SFT demonstrations or DPO pairs themselves (as the
-    trainer reads it)."""
-    d = job.data
-    if job.method == Method.SFT and d.demonstrations_source() == d.train_file:
-        return None
-    if job.method == Method.DPO and d.pairs_source() == d.train_file:
-        return None
-    return d.train_file
+def merged_prompt(base: PromptConfig, variant: Variant) -> tuple[dict[str, Any], list[str]]:
+    """The ``prompt`` section that shows the model what ``variant`` measured: the variant was applied to rows
+    already presented with the job's own ``prompt`` section, so a prepended system prompt goes before the
+    job's; tool descriptions merge (the variant's win). Returns the section (only set keys) and notes."""
+    notes: list[str] = []
+    system, mode = base.system, base.system_mode
+    if variant.system_prompt is not None:
+        if variant.system_prompt_mode == "replace" or system is None:
+            system, mode = variant.system_prompt, variant.system_prompt_mode
+        else:
+            system = f"{variant.system_prompt}\n\n{system}"
+    descriptions = {**base.tool_descriptions, **variant.tool_descriptions}
+    guardrails = base.guardrails
+    if variant.guardrails is not None:
+        if base.guardrails is not None:
+            notes.append("the winner's guardrails replace the job's prompt.guardrails in best.yaml (the measurement "
+                         "checked both)")
+        guardrails = variant.guardrails.model_dump(exclude_defaults=True)
+    section: dict[str, Any] = {}
+    if system is not None:
+        section.update(system=system, system_mode=mode)
+    if descriptions:
+        section["tool_descriptions"] = descriptions
+    if guardrails is not None:
+        section["guardrails"] = guardrails
+    return section, notes
 
 
-def load_best(out_dir: str | Path) -> tuple[JobConfig, Variant | None]:
-    """``best.yaml`` as a job, and what only a variant can apply (``best_variant.yaml``), for
-    :func:`evaluate_variant`."""
-    out = Path(out_dir)
-    job = load_config(out / "best.yaml")
-    residual = out / "best_variant.yaml"
-    if not residual.is_file():
-        return job, None
-    try:
-        return job, Variant.model_validate(yaml.safe_load(residual.read_text(encoding="utf-8")))
-    except (ValidationError, yaml.YAMLError) as e:
-        raise AgentRFTError(f"{residual}: {e}") from None
+def load_best(out_dir: str | Path) -> JobConfig:
+    """``best.yaml`` as a job: :func:`evaluate_variant` with no variant on it reproduces the winner's eval."""
+    return load_config(Path(out_dir) / "best.yaml")
+
+

@@ -8,41 +8,23 @@ is truncated, the rollout's budgets (turns, tokens, tool calls), and guardrails
 (temperature, top-p, seed) are the measurement's and are refused here, so two
 variants differ only by what they are meant to test.
 
-How, without editing the environment or the episode loop:
-
-* system prompt: each task row gets a copy whose first ``system`` message is
-  replaced (``system_prompt_mode: replace``) or prefixed (``prepend``), or a
-  new first message when the row has none; the episode loop renders rows as
-  given, so the prompt tokens carry the new text;
-* tool descriptions: :func:`apply_variant` wraps the :class:`EnvSpec`'s
-  ``make_env`` so each rollout's environment is a :class:`VariantEnvironment`,
-  whose ``tools()`` are the inner tools wrapped by :class:`VariantTool`
-  (same name, arguments and behaviour; ``schema()`` with the new
-  description). Tools a row declares itself (``row["tools"]``) are rewritten
-  in the row copy;
-* tool output and budgets: a :class:`~agentrft.config.RolloutConfig` with the
-  variant's values (``tool_output.max_chars`` is ``max_tool_output_chars``);
-* guardrails: the same :class:`~agentrft.tools.guardrails.Guardrails` class the
-  executor applies, checked in :meth:`VariantTool.acall` before the inner tool
-  runs; a refusal is the typed ``guardrail`` error a guarded executor records.
-  (The evaluation functions take no guardrails argument; the wrapper keeps
-  them untouched. Departure: the executor checks a turn's calls before any of
-  them starts; here each call is checked as it starts, in call order.)
+How: :mod:`agentrft.tools.presentation` applies them around the environment and the task rows,
+as a job's ``prompt`` section is applied; budgets and truncation are a
+:class:`~agentrft.config.RolloutConfig` with the variant's values.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agentrft.config import RolloutConfig
-from agentrft.tools.base import Tool, ToolContext, ToolFailure
-from agentrft.tools.environment import Environment, EnvSpec
-from agentrft.tools.guardrails import GuardrailConfig, Guardrails, GuardrailState
-from agentrft.types import TaskRow, ToolCall, ToolError, ToolErrorKind
+from agentrft.tools import presentation
+from agentrft.tools.environment import EnvSpec
+from agentrft.tools.guardrails import GuardrailConfig
+from agentrft.tools.presentation import PresentedEnvironment, PresentedTool
+from agentrft.types import TaskRow
 
 __all__ = ["MEASUREMENT_FIELDS", "ToolOutputVariant", "Variant", "VariantEnvironment", "VariantTool",
            "apply_variant", "rewrite_row", "variant_rollout"]
@@ -136,124 +118,20 @@ def variant_rollout(base: RolloutConfig, variant: Variant | None) -> RolloutConf
 
 def rewrite_row(row: TaskRow, variant: Variant) -> TaskRow:
     """A copy of ``row`` with the variant's system prompt and the descriptions of the row's own tools."""
-    if variant.system_prompt is None and not variant.tool_descriptions:
-        return row
-    out = dict(row)
-    if variant.system_prompt is not None:
-        messages = [dict(m) for m in row.get("messages") or []]
-        if messages and messages[0].get("role") in ("system", "developer"):
-            old = messages[0].get("content")
-            text = variant.system_prompt
-            if variant.system_prompt_mode == "prepend" and old:
-                text = f"{variant.system_prompt}\n\n{old if isinstance(old, str) else _text(old)}"
-            messages[0] = {**messages[0], "role": "system", "content": text}
-        else:
-            messages.insert(0, {"role": "system", "content": variant.system_prompt})
-        out["messages"] = messages
-    if variant.tool_descriptions and row.get("tools"):
-        out["tools"] = [_described(schema, variant.tool_descriptions) for schema in row["tools"]]
-    return out
+    return presentation.rewrite_row(row, variant.system_prompt, variant.system_prompt_mode, variant.tool_descriptions)
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
-    return "" if content is None else str(content)
-
-
-def _described(schema: dict[str, Any], descriptions: dict[str, str]) -> dict[str, Any]:
-    """``schema`` (an OpenAI tool schema, wrapped in ``function`` or bare) with a new description, if named."""
-    fn = schema.get("function", schema)
-    name = fn.get("name")
-    if name not in descriptions:
-        return schema
-    out = copy.deepcopy(schema)
-    out_fn = out.get("function", out)
-    out_fn["description"] = descriptions[name]
-    return out
-
-
-class VariantTool:
-    """A tool as the variant shows it: the inner tool's name and behaviour, a new description, guardrails."""
-
-    def __init__(self, inner: Tool, description: str | None, guard: "_Guard | None"):
-        self.inner = inner
-        self.name = inner.name
-        self.has_implementation = getattr(inner, "has_implementation", True)
-        self._description = description
-        self._guard = guard
-
-    def schema(self) -> dict[str, Any]:
-        schema = self.inner.schema()
-        return schema if self._description is None else _described(schema, {self.name: self._description})
-
-    async def acall(self, arguments: dict[str, Any], ctx: ToolContext) -> str:
-        guard = self._guard
-        if guard is None or guard.state is None:
-            return await self.inner.acall(arguments, ctx)
-        call = ToolCall(name=self.name, arguments=arguments, id=ctx.call_id)
-        refused = guard.guardrails.check(call, guard.state)
-        if refused is not None:
-            raise ToolFailure(refused.kind, refused.message)
-        guard.state.admit(call)
-        try:
-            result = await self.inner.acall(arguments, ctx)
-        except ToolFailure as e:
-            guard.state.finish(call, ToolError(e.kind, e.message))
-            raise
-        except Exception as e:
-            guard.state.finish(call, ToolError(ToolErrorKind.EXCEPTION, str(e)))
-            raise
-        guard.state.finish(call, None)
-        return result
-
-
-@dataclasses.dataclass
-class _Guard:
-    guardrails: Guardrails
-    state: GuardrailState | None = None
-
-
-class VariantEnvironment(Environment):
-    """One rollout's environment under a variant: the inner environment, its tools re-described and guarded.
-
-    It defines no public methods of its own, so its only tools are the inner environment's."""
-
-    def __init__(self, inner: Environment, descriptions: dict[str, str], guardrails: Guardrails | None):
-        self._inner = inner
-        self._descriptions = descriptions
-        self._guard = _Guard(guardrails) if guardrails is not None else None
-
-    @property  # type: ignore[override]
-    def done(self) -> bool:
-        return bool(self._inner.done)
-
-    async def asetup(self, row: TaskRow) -> None:
-        await self._inner.asetup(row)
-        if self._guard is not None:
-            self._guard.state = self._guard.guardrails.start(row)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    def tools(self) -> list[Tool]:
-        return [VariantTool(t, self._descriptions.get(t.name), self._guard) for t in self._inner.tools()]
+VariantTool = PresentedTool
+VariantEnvironment = PresentedEnvironment
 
 
 def apply_variant(env: EnvSpec, rows: list[TaskRow], variant: Variant | None) -> tuple[EnvSpec, list[TaskRow]]:
-    """The environment and task rows as ``variant`` shows them (``None``: unchanged).
+    """The environment and task rows as ``variant`` shows them (``None``: unchanged), through
+    :func:`agentrft.tools.presentation.present`.
 
     The grader is the environment's own, so every variant is scored by the same grader; it reads the
     reference fields of the row, which a variant never changes."""
     if variant is None:
         return env, rows
-    if not variant.tool_descriptions and variant.guardrails is None:
-        return env, [rewrite_row(r, variant) for r in rows]
-    guardrails = Guardrails(variant.guardrails) if variant.guardrails is not None else None
-    inner_make = env.make_env
-
-    def make_env(row: TaskRow) -> Environment | None:
-        inner = inner_make(row)
-        return None if inner is None else VariantEnvironment(inner, variant.tool_descriptions, guardrails)
-
-    return dataclasses.replace(env, make_env=make_env), [rewrite_row(r, variant) for r in rows]
+    return presentation.present(env, rows, variant.system_prompt, variant.system_prompt_mode,
+                                variant.tool_descriptions, variant.guardrails)
