@@ -28,7 +28,7 @@ LAYERS: dict[str, int] = {
     "agentrft.envs": 5, "agentrft.evaluation": 5,
     "agentrft.jobs": 6,
     "agentrft.train": 7,
-    "agentrft.serving": 8, "agentrft.quickstart": 8,
+    "agentrft.serving": 8, "agentrft.quickstart": 9,
     "agentrft.platform": 9, "agentrft.governance": 9,
     "agentrft.cli": 10,
 }

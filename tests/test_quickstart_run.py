@@ -9,7 +9,7 @@ from agentrft.jobs.store import FINISHED_STATUSES, RunStore
 from agentrft.quickstart import QuickstartRecipe, run_quickstart
 
 TINY = dict(test_tasks=2, eval_batch=2, sft_demos=2, sft_steps=1, sft_batch=2, rft_steps=1, rft_tasks_per_step=1,
-            rft_group=2, max_turns=2, max_new_tokens=8, lora_r=4)
+            rft_group=2, max_turns=2, max_new_tokens=8, lora_r=4, optimize_tasks=2)
 
 
 @pytest.mark.slow
@@ -42,3 +42,10 @@ def test_quickstart_writes_every_stage_on_a_tiny_model(tmp_path, credit):
         assert run["resolved_config"]["init_from"] == on_disk["runs"]["sft"]
         assert len(store.trajectories(step=1)) == 2
     assert any(line.startswith("[rft] evaluating") for line in lines)
+    # measured before any training: the variants against the baseline, and a verdict
+    opt = on_disk["optimize"]
+    assert set(opt["variants"]) == {"baseline", "steps", "tool-docs"} and opt["n_tasks"] == 2
+    assert opt["recommendation"] in ("prompting", "weights", "done") and opt["best"] in opt["variants"]
+    assert (tmp_path / "out" / "optimize" / "best.yaml").is_file()
+    assert lines.index(next(x for x in lines if x.startswith("[optimize] best:"))) < lines.index(
+        next(x for x in lines if x.startswith("[sft] evaluating")))

@@ -1,6 +1,7 @@
 """The pragmatic path in one command (what ``make quickstart`` runs).
 
-    baseline eval  →  SFT on logged demonstrations (mostly the verbose oracle's)  →  eval
+    baseline eval  →  optimize: prompt and tool-description variants, paired against the baseline
+                   →  SFT on logged demonstrations (mostly the verbose oracle's)  →  eval
                    →  RFT with a reward mixing correctness and tool-call cost  →  eval
 
 on the finance environment with the bundled model, every eval on the same
@@ -9,6 +10,14 @@ sampler's). Writes ``OUT/quickstart.json`` with one object per stage
 (``baseline``, ``sft``, ``rft``: accuracy with its 95 % interval and test-set
 size, reward, tool calls per rollout, tokens, wall time) and the run
 directories of both training stages.
+
+Why measure prompts first: a prompt or tool-description change that fixes the
+failures costs no training (``agentrft optimize``, docs/optimize.md); the
+quickstart runs two hand-written variants on validation tasks and records the
+verdict (``optimize`` in quickstart.json: each variant's reward, accuracy and
+tool calls, the winner, and whether the remaining failures need prompting or
+weights). On the bundled model no variant gets a well-formed tool call out of
+it, so the verdict is ``weights`` and the path goes on to SFT and RFT.
 
 Why SFT first: out of the box the bundled model emits no well-formed tool
 call, so RL alone has no signal; imitating demonstrations gets it calling
@@ -82,6 +91,21 @@ class QuickstartRecipe:
     """Adapt all layers: with the top 15 of 30 only (28 % less SFT time) SFT learned the calls but never to
     stop calling: 0 % accuracy, every rollout at max_turns (measured)."""
     seed: int = 0
+    optimize_tasks: int = 16
+    """Validation tasks the prompt variants are measured on before any training (0: skip the step)."""
+
+
+OPTIMIZE_VARIANTS = [
+    {"name": "steps", "system_prompt": (
+        "You answer questions about companies' financial results. First call search with the company name, the "
+        "fiscal year and \"annual report\". Then call read on the 10-K annual report of exactly that company and "
+        "year. Then reply with just the number, without units.")},
+    {"name": "tool-docs", "tool_descriptions": {
+        "search": "Search the document store; returns up to 5 lines \"doc_id | title\". Put the company name and "
+                  "year in the query.",
+        "read": "Read one document by the doc_id that search returned."}},
+]
+"""The quickstart's hand-written variants (examples/optimize/finance.yaml has more, and a proposer model)."""
 
 
 def read_the_evidence(traj: Trajectory, row: TaskRow) -> bool:
@@ -237,8 +261,14 @@ def run_quickstart(out_dir: str | Path, model: str = "smollm2-135m", recipe: Qui
 
     t0 = time.perf_counter()
     base_cfg = load_config({**common, "method": "rft", "lora": {"enabled": False}})
-    baseline = evaluate("baseline", build_policy(base_cfg))
+    base_policy = build_policy(base_cfg)
+    baseline = evaluate("baseline", base_policy)
     result["baseline"] = _stage_summary(baseline, time.perf_counter() - t0)
+
+    # 1b. measure prompt and tool-description variants before touching the weights --------
+    if recipe.optimize_tasks:
+        result["optimize"] = _optimize_first(common, base_policy, recipe, out / "optimize", log)
+    del base_policy
 
     # 2. SFT on the verbose oracle ----------------------------------------------------
     from agentrft.train.runner import run_job
@@ -276,3 +306,21 @@ def run_quickstart(out_dir: str | Path, model: str = "smollm2-135m", recipe: Qui
     result["runs"] = {"sft": str(sft.run_dir), "rft": str(rft.run_dir)}
     (out / "quickstart.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _optimize_first(common: dict, policy, recipe: QuickstartRecipe, out: Path, log: Callable[[str], None]) -> dict:
+    """``agentrft optimize`` on the base model: :data:`OPTIMIZE_VARIANTS` vs the baseline on validation tasks."""
+    from agentrft.governance.optimize import load_optimize_config, run_optimize
+
+    t0 = time.perf_counter()
+    cfg, job, raw = load_optimize_config({
+        "base": {**common, "method": "rft", "lora": {"enabled": False}, "data": {"env": "finance"}},
+        "split": "validation", "limit": recipe.optimize_tasks, "variants": OPTIMIZE_VARIANTS})
+    sampler = HFSampler(policy.model, pad_token_id=policy.pad_token_id, max_batch_size=recipe.eval_batch)
+    report = run_optimize(cfg, job, raw, sampler, policy.chat_format, out, log=lambda m: log(f"[optimize] {m}"))
+    variants = {v["name"]: {k: v["summary"][k] for k in ("reward_mean", "accuracy", "tool_calls_per_rollout")}
+                for v in report["variants"]}
+    log(f"[optimize] best: {report['best']}; verdict: {report['verdict']['recommendation']}")
+    return {"n_tasks": report["n_tasks"], "split": "validation", "variants": variants, "best": report["best"],
+            "recommendation": report["verdict"]["recommendation"], "plateau": report["verdict"]["plateau"],
+            "wall_s": time.perf_counter() - t0, "out": str(out)}
