@@ -3,7 +3,8 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
 
 import grpo_vs_trl as bench  # noqa: E402
 
@@ -47,3 +48,17 @@ def test_agentrft_side_of_the_benchmark_runs_with_a_tiny_model(tmp_path, tiny_mo
     (step,) = RunStore(result.run_dir).metrics_frame("train").values()
     assert step["trained_rollouts"] == bench.COMPLETIONS_PER_STEP  # zero-variance groups are trained, as TRL does
     assert 0 < step["sampled_tokens_mean"] <= bench.MAX_NEW_TOKENS
+
+
+def test_the_gpu_bench_jobs_config_loads(tmp_path):
+    """bench/gpu/vllm_vs_trl.py has not run on a GPU (no device lent); its agentrft config must at least load."""
+    import importlib.util
+
+    from agentrft.config import load_config
+
+    spec = importlib.util.spec_from_file_location("vllm_vs_trl", BENCH / "gpu" / "vllm_vs_trl.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    cfg = load_config(gpu.agentrft_job(tmp_path, 8000))
+    assert cfg.sampler.backend == "vllm" and cfg.lora.enabled and cfg.training.device == "cuda"
+    assert cfg.rft.group_size * cfg.training.batch_size == bench.COMPLETIONS_PER_STEP
