@@ -13,6 +13,16 @@ import contextlib
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def agentrft_home(tmp_path_factory):
+    """``$AGENTRFT_HOME`` (the audit log, :mod:`agentrft.jobs.audit`) is a per-session folder, so the suite
+    never writes to ``~/.agentrft``; child processes inherit it."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("agentrft_home")
+        mp.setenv("AGENTRFT_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """SmolLM2's tokenizer (vocab 49152, ChatML special tokens, pad token set). Do not mutate it."""

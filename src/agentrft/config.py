@@ -211,10 +211,12 @@ class RFTConfig(_Section):
     max_staleness: int = Field(1, ge=0)
     """Asynchronous RFT: a rollout sampled by policy version v is trained on at version k only if k - v <= this
     (older ones are dropped and counted); 0 is on-policy with rollouts still overlapping grading."""
-    is_correction: ISCorrection | None = None
+    is_correction: ISCorrection | Literal["off"] | None = None
     """Truncated importance-sampling weights on the loss for the sampler/trainer mismatch
-    (:mod:`agentrft.algo.importance`); default: ``token_truncate`` when ``asynchronous`` or a remote sampler,
-    else none (the local sampler is the trainer's own model)."""
+    (:mod:`agentrft.algo.importance`), with the trainer's own logprobs as the PPO ratio's behaviour policy;
+    default (unset): ``token_truncate`` when another engine samples (a remote sampler, asynchronous or not),
+    none with the local sampler (the trainer's own model). ``off``: no weights, the ratio against the sampler's
+    logprobs."""
     is_cap: float = Field(2.0, gt=0)
     """The weights' cap (TRL's ``vllm_importance_sampling_cap``, verl's ``rollout_is_threshold``)."""
 
@@ -367,6 +369,9 @@ class JobConfig(_Section):
         if self.runtime.backend == "ray" and self.method != Method.RFT:
             raise ValueError(f"runtime.backend 'ray' runs RFT's rollouts on Ray workers; method "
                              f"{self.method.value!r} has none (use runtime.backend: local)")
+        if self.runtime.backend == "ray" and self.rft.asynchronous:
+            raise ValueError("runtime.backend 'ray' runs a step's rollouts synchronously on the workers; "
+                             "rft.asynchronous prefetches them in the trainer's process: use one or the other")
         if self.monitors.enabled and self.method != Method.RFT:
             raise ValueError(f"monitors watch RFT's live rollouts; method {self.method.value!r} has none")
         if self.rollout.seed is not None:

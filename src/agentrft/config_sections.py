@@ -4,6 +4,7 @@ what it writes (metric sinks, privacy), its live monitors and the prompt it appl
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -92,27 +93,48 @@ class RuntimeConfig(_Section):
 
     backend: Literal["local", "ray"] = "local"
     """``local``: in the trainer's process. ``ray``: ``rollout_workers`` Ray actors; ``address`` (or the
-    ``RAY_ADDRESS`` environment variable) names a cluster, otherwise ``ray.init()`` starts a local one."""
+    ``RAY_ADDRESS`` environment variable) names a cluster, otherwise ``ray.init()`` starts a local one. On Ray
+    each rollout plays on its own with the seeds of ``rollout.mode: per_episode`` (whatever the mode says) and
+    samples over HTTP: from the ``sampler`` server, or with ``sampler.backend: local`` from the trainer's own
+    policy on a loopback port. RFT's rollouts only: the periodic eval runs in the trainer."""
     rollout_workers: int = Field(2, ge=1)
-    """Ray actors that roll out and grade; a step's tasks are spread over them."""
+    """Ray actors that roll out and grade; a step's tasks are spread over them, ``rollout.max_concurrent_episodes``
+    in flight in all."""
     address: str | None = None
     """A Ray cluster's address (``ray://HOST:10001`` or ``auto``); default ``RAY_ADDRESS``, else a local cluster."""
     max_task_retries: int = Field(2, ge=0)
-    """Times a task whose worker died is dispatched again (to a restarted worker) before the step fails."""
+    """Times a rollout whose worker died is dispatched again (a fresh actor replaces the dead one) before the
+    step fails (``RolloutWorkerLost``)."""
     worker_cpus: float = Field(1.0, gt=0)
     """CPUs Ray reserves per rollout worker."""
 
 
+PRIVACY_DETECTORS = ("email", "phone", "credit_card", "iban", "secrets", "high_entropy")
+"""The detectors ``privacy.detectors`` may name (:mod:`agentrft.privacy.detectors` implements each)."""
+
+
 class PrivacyConfig(_Section):
-    """What a run writes of the text it sees (:mod:`agentrft.governance.privacy`). Training uses the exact tokens
-    in memory; only what is written (``run.db``, exports, the served request log, the dashboard) is affected."""
+    """What a run writes of the text it sees (:mod:`agentrft.privacy`, docs/privacy.md). Training uses the exact
+    tokens in memory; only what is written (``run.db``, exports, the served request log, the dashboard) is
+    affected."""
 
     store: Literal["full", "redacted", "none"] = "full"
     """``full``: write trajectories as they are. ``redacted``: replace what the detectors find with
-    ``[REDACTED:<kind>]``. ``none``: write no trajectory text at all (metrics and grades only)."""
+    ``[REDACTED:<kind>]`` and write no token ids (they decode back to the text). ``none``: write no trajectory
+    text at all (rewards, grades' numbers, token kinds and counts, tool names and timings only)."""
     detectors: list[str] = ["email", "phone", "credit_card", "iban", "secrets"]
-    """Which detectors redact (``store: redacted``): ``email``, ``phone``, ``credit_card`` (Luhn-checked),
-    ``iban`` (checksum-verified), ``secrets`` (API keys and tokens, via ``detect-secrets``)."""
+    """Which detectors redact (``store: redacted`` and ``none``): ``email``, ``phone``, ``credit_card``
+    (Luhn-checked), ``iban`` (checksum-verified), ``secrets`` (API keys and tokens, via ``detect-secrets``),
+    ``high_entropy`` (quoted base64/hex strings of high entropy; off by default: it also finds hashes)."""
+
+    @field_validator("detectors")
+    @classmethod
+    def _known_detectors(cls, detectors: list[str]) -> list[str]:
+        unknown = [d for d in detectors if d not in PRIVACY_DETECTORS]
+        if unknown:
+            raise ValueError(f"unknown detector(s) {', '.join(map(repr, unknown))}; known: "
+                             f"{', '.join(PRIVACY_DETECTORS)}")
+        return detectors
 
 
 class MonitorsConfig(_Section):
@@ -145,8 +167,6 @@ class MonitorsConfig(_Section):
     @field_validator("refusal_patterns")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        import re
-
         for pattern in patterns:
             try:
                 re.compile(pattern)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable
 
 from agentrft.config import RolloutConfig
 from agentrft.models.chat_format import ChatFormat
+from agentrft.privacy import Redactor
 from agentrft.rollout.collector import collect_episodes
 from agentrft.rollout.sampler import Sampler
 from agentrft.tools.environment import EnvSpec
@@ -295,15 +296,17 @@ def evaluate_rows(
     return graded
 
 
-def write_eval_outputs(out_dir: str | os.PathLike, graded: list[GradedRollout], summary: dict) -> None:
-    """``summary.json`` and ``trajectories.jsonl`` (one trajectory with its grade per line), atomically."""
+def write_eval_outputs(out_dir: str | os.PathLike, graded: list[GradedRollout], summary: dict,
+                       privacy: Redactor | None = None) -> None:
+    """``summary.json`` and ``trajectories.jsonl`` (one trajectory with its grade per line), atomically; each
+    written as ``privacy`` says (default: as they are; docs/privacy.md)."""
+    privacy = privacy or Redactor()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _atomic_write(out / "summary.json", json.dumps(privacy.written(summary), indent=2) + "\n")
     lines = []
     for g in graded:
-        d = g.trajectory.to_dict()
-        d["grade"] = g.grade.to_dict()
+        d = privacy.trajectory_record({**g.trajectory.to_dict(), "grade": g.grade.to_dict()})
         lines.append(json.dumps(d, ensure_ascii=False))
     _atomic_write(out / "trajectories.jsonl", "\n".join(lines) + ("\n" if lines else ""))
 

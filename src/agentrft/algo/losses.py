@@ -253,11 +253,16 @@ def policy_loss(
     *,
     ref_logprobs: Tensor | None = None,
     entropy: Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> LossOutput:
     """Surrogate (+ ``beta`` * k3 KL to the reference), aggregated over sampled tokens.
 
     logprobs, old_logprobs, mask: [B, T]; advantages: [B] or [B, T];
-    ref_logprobs, entropy: [B, T] or None -> LossOutput(loss [], stats)
+    ref_logprobs, entropy, weights: [B, T] or None -> LossOutput(loss [], stats)
+
+    ``weights``: per-token importance weights (:func:`agentrft.algo.importance.importance_weights`), detached,
+    multiplying each token's surrogate before the KL term is added and the tokens are aggregated (TRL's
+    ``vllm_importance_sampling_correction`` order); ``None`` computes exactly what it computes without them.
 
     Stats (masked token means): ``clip_fraction``, ``approx_kl`` (k3 estimate of
     KL(old || new), how far this update moved), ``ratio_mean``, ``kl_ref``
@@ -271,6 +276,8 @@ def policy_loss(
 
     surrogate = POLICY_LOSSES[cfg.loss](logprobs, old_logprobs, advantages, mask, cfg)  # [B, T] each
     per_token = surrogate.loss  # [B, T]
+    if weights is not None:
+        per_token = per_token * _masked(weights.detach().to(per_token.dtype), mask)  # [B, T]
     kl_ref = None
     if ref_logprobs is not None:
         kl_ref = k3_kl(logprobs, ref_logprobs, mask)  # [B, T]

@@ -18,7 +18,9 @@ import click
 from agentrft.cli.dashboard import dashboard_cmd
 from agentrft.cli.grader import grader
 from agentrft.cli.info import info_cmd
+from agentrft.cli.lineage import audit, lineage_cmd
 from agentrft.cli.optimize import optimize_cmd
+from agentrft.cli.promote import promote_cmd, registry, rollback_cmd
 from agentrft.cli.measure import envs_cmd, eval_cmd, models_cmd, rollout_cmd, tasks_cmd
 from agentrft.cli.runs import runs
 from agentrft.cli.serve import export_cmd, serve_cmd
@@ -34,7 +36,8 @@ def main() -> None:
 
 
 for command in (models_cmd, info_cmd, envs_cmd, tasks_cmd, eval_cmd, rollout_cmd, train_cmd, quickstart_cmd,
-                optimize_cmd, export_cmd, serve_cmd, server_cmd, server_key, dashboard_cmd, grader, runs):
+                optimize_cmd, export_cmd, serve_cmd, server_cmd, server_key, dashboard_cmd, grader, runs,
+                lineage_cmd, audit, promote_cmd, rollback_cmd, registry):
     main.add_command(command)
 
 

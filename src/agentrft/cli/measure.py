@@ -94,13 +94,15 @@ def data_options(f):
 
 def run_eval(model: str, env_name: str | None, split: str, limit: int | None, samples: int, out: str, batch_size: int,
              rollout: RolloutConfig, chat_format: str, data: str | None = None, tools: str | None = None,
-             grader: str | None = None, quiet: bool = False) -> dict:
-    """Roll out, grade and summarise; writes ``summary.json`` and ``trajectories.jsonl`` to ``out``."""
+             grader: str | None = None, quiet: bool = False, privacy: str = "full") -> dict:
+    """Roll out, grade and summarise; writes ``summary.json`` and ``trajectories.jsonl`` to ``out`` (as
+    ``privacy`` says: ``full``, ``redacted`` or ``none``, docs/privacy.md)."""
     from tqdm import tqdm
 
     from agentrft.envs.registry import task_source
     from agentrft.evaluation import evaluate_rows, summarize, write_eval_outputs
     from agentrft.jobs.provenance import eval_provenance
+    from agentrft.privacy import Redactor
 
     source = task_source(env_name, split, data, tools, grader)
     for err in source.skipped:
@@ -115,7 +117,7 @@ def run_eval(model: str, env_name: str | None, split: str, limit: int | None, sa
     summary.update(model=model, env=source.env.name, env_description=source.env.description,
                    split=str(data) if data else split, samples=samples)
     summary["provenance"] = eval_provenance(model, rollout, source.env.grade, source.env)
-    write_eval_outputs(out, graded, summary)
+    write_eval_outputs(out, graded, summary, Redactor(privacy))
     return summary
 
 
@@ -172,14 +174,17 @@ def print_summary_table(rows: dict[str, dict]) -> None:
 @data_options
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Writes summary.json and trajectories.jsonl here.")
+@click.option("--privacy", type=click.Choice(["full", "redacted", "none"]), default="full", show_default=True,
+              help="What trajectories.jsonl holds: the text as is, redacted (emails, phones, cards, IBANs, API keys; "
+                   "no token ids), or no text (docs/privacy.md).")
 def eval_cmd(model: str, env_name: str | None, split: str, chat_format: str, limit: int | None, samples: int,
-             batch_size: int, data: str | None, tools: str | None, grader: str | None, out: str,
+             batch_size: int, data: str | None, tools: str | None, grader: str | None, out: str, privacy: str,
              **options: Any) -> None:
     """Roll out MODEL on an environment's tasks (or your --data with --tools and --grader), grade, and summarise."""
     try:
         rollout = pop_rollout_config(options)
         summary = run_eval(model, env_name, split, limit, samples, out, batch_size, rollout, chat_format, data=data,
-                           tools=tools, grader=grader)
+                           tools=tools, grader=grader, privacy=privacy)
     except AgentRFTError as e:
         fail(e)
     click.echo(f"environment: {summary['env']} ({summary['env_description']})")

@@ -160,6 +160,14 @@ def _show_trajectory(run: str, index: int, step: int | None, split: str, tokeniz
         _print_json(record)
         return
     traj = _trajectory_record(record)
+    from agentrft.privacy import stored_privacy
+
+    if stored_privacy(record) != "full":  # no token ids were written: show the messages that were
+        click.echo(f"trajectory {index} of {total} ({split}, step {record['step']}, task {record.get('task_id')}; "
+                   f"stored with privacy.store: {stored_privacy(record)}, without tokens)")
+        for m in traj.messages:
+            click.echo(f"{m.get('role')}: {m.get('content') or ''}")
+        return
     with open_run(run) as store:
         chat_format = ((store.get_run() or {}).get("resolved_config") or {}).get("chat_format", "auto")
     cf = get_chat_format(run_tokenizer(run, tokenizer), chat_format)

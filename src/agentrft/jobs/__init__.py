@@ -12,6 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "AuditLog": "agentrft.jobs.audit",
+    "AuditTampered": "agentrft.jobs.audit",
     "CheckpointError": "agentrft.jobs.checkpoint",
     "CheckpointInfo": "agentrft.jobs.checkpoint",
     "load_checkpoint": "agentrft.jobs.checkpoint",
@@ -32,6 +34,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from agentrft.jobs.audit import AuditLog, AuditTampered
     from agentrft.jobs.checkpoint import (CheckpointError, CheckpointInfo, load_checkpoint, load_latest_checkpoint,
                                           params_hash, restore_checkpoint, save_checkpoint)
     from agentrft.jobs.store import RunStore, StoreError, hash_file, hash_json

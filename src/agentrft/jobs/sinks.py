@@ -172,7 +172,8 @@ def open_sinks(cfg: JobConfig, run_dir: Path, store: RunStore, start_step: int) 
     if cfg.sinks.tensorboard:
         wanted.append(("tensorboard", lambda: TensorBoardSink(run_dir / TENSORBOARD_DIR, start_step)))
     if cfg.sinks.wandb is not None and cfg.sinks.wandb.mode == "offline":
-        wanted.append(("wandb", lambda: WandbSink(cfg.sinks.wandb, run_dir, cfg.model_dump(mode="json"))))
+        config = store.written(cfg.model_dump(mode="json"))  # as run.db holds it (docs/privacy.md)
+        wanted.append(("wandb", lambda: WandbSink(cfg.sinks.wandb, run_dir, config)))
     started = []
     for name, start in wanted:
         try:

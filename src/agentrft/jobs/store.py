@@ -26,6 +26,12 @@ keeps that consistency (it can only lose the last few commits on a power cut,
 never corrupt the file); model state, the thing that must survive, is made
 durable by the checkpoint protocol, not here.
 
+Privacy: every text the store writes (trajectories, event messages and data, status messages, the resolved
+config) passes through the run's :class:`~agentrft.privacy.Redactor` (``privacy`` in the job's config,
+docs/privacy.md): given to the constructor or set as :attr:`RunStore.privacy` by the runner, and otherwise
+read from the run's saved config, so any process that writes to an existing run (the platform's worker, a
+resume) writes as the run was configured to.
+
 Concurrency: a ``RunStore`` owns one connection for its process (re-opened
 transparently after a ``fork``) and serialises every statement with a lock,
 so trainer threads and metric sinks may share it. Use one ``RunStore`` per
@@ -46,7 +52,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+from agentrft.config_sections import PrivacyConfig
 from agentrft.errors import AgentRFTError
+from agentrft.privacy import Redactor
 
 SCHEMA_VERSION = 2
 """2 added ``trajectories.split`` (validation rollouts are stored beside training samples)."""
@@ -153,7 +161,8 @@ def hash_json(obj: Any) -> str:
 class RunStore:
     """The SQLite record of one run directory. See the module docstring."""
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str],
+                 privacy: PrivacyConfig | Mapping[str, Any] | Redactor | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.run_dir / DB_NAME
@@ -182,6 +191,33 @@ class RunStore:
             # after the v1 migration (which adds the column): the dashboard's split filter reads it
             with self._tx() as db:
                 db.execute("CREATE INDEX IF NOT EXISTS trajectories_split ON trajectories (split, step)")
+        self.privacy = privacy if privacy is not None else self._saved_privacy()
+
+    # -- privacy -------------------------------------------------------------------
+    @property
+    def privacy(self) -> Redactor:
+        """The redactor every write goes through. Set it from a job's ``privacy`` section (or a
+        :class:`~agentrft.privacy.Redactor`); ``None`` means the section's defaults (write as is)."""
+        return self._redactor
+
+    @privacy.setter
+    def privacy(self, privacy: PrivacyConfig | Mapping[str, Any] | Redactor | None) -> None:
+        self._redactor = privacy if isinstance(privacy, Redactor) else Redactor.from_config(privacy)
+
+    def _saved_privacy(self) -> Redactor:
+        """The ``privacy`` section of the run's saved config (the defaults before :meth:`create_run`); one that
+        no longer validates redacts with the default detectors rather than writing text as is."""
+        rows = self._query("SELECT resolved_config FROM runs")
+        section = json.loads(rows[0][0]).get("privacy") if rows else None
+        try:
+            return Redactor.from_config(section)
+        except ValueError:
+            return Redactor("redacted")
+
+    def written(self, obj: Any) -> Any:
+        """What the store writes of ``obj`` (a config, an event's data): redacted unless ``privacy.store`` is
+        ``full``. A reader comparing its own values with stored ones compares this form."""
+        return self._redactor.written(obj)
 
     def _migrate_v1(self) -> None:
         """v1 -> v2: add ``trajectories.split``; every v1 row was a training sample."""
@@ -252,7 +288,8 @@ class RunStore:
             db.execute(
                 "INSERT INTO runs (run_id, method, status, message, resolved_config, hashes, dataset_hash,"
                 " grader_hash, base_model_hash, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, method, "running", None, canonical_json(dict(resolved_config)), canonical_json(dict(hashes)),
+                (run_id, method, "running", None, canonical_json(self.written(dict(resolved_config))),
+                 canonical_json(dict(hashes)),
                  hashes.get("dataset"), hashes.get("grader"), hashes.get("base_model"), created, now),
             )
 
@@ -271,7 +308,7 @@ class RunStore:
         logged as a ``config_change`` event by the caller)."""
         with self._tx() as db:
             cur = db.execute("UPDATE runs SET resolved_config = ?, updated_at = ?",
-                             (canonical_json(dict(resolved_config)), time.time()))
+                             (canonical_json(self.written(dict(resolved_config))), time.time()))
             if cur.rowcount == 0:
                 raise StoreError(f"{self.run_dir} has no run yet; call create_run first")
 
@@ -281,6 +318,7 @@ class RunStore:
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
         now = time.time()
+        message = self.written(message)
         with self._tx() as db:
             cur = db.execute("UPDATE runs SET status = ?, message = ?, updated_at = ?", (status, message, now))
             if cur.rowcount == 0:
@@ -292,9 +330,10 @@ class RunStore:
     # -- events ----------------------------------------------------------------------
     def log_event(self, kind: str, message: str, data: Mapping[str, Any] | None = None,
                   step: int | None = None) -> None:
+        message, data = self.written(message), None if data is None else self.written(dict(data))
         with self._tx() as db:
             db.execute("INSERT INTO events (time, step, kind, message, data) VALUES (?,?,?,?,?)",
-                       (time.time(), step, kind, message, None if data is None else canonical_json(dict(data))))
+                       (time.time(), step, kind, message, None if data is None else canonical_json(data)))
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Events in the order they were logged: ``{id, time, step, kind, message, data}``."""
@@ -357,10 +396,11 @@ class RunStore:
         """Store a step's trajectories: each record is ``Trajectory.to_dict()`` plus
         ``grade`` and ``reward``. ``split``: ``train`` for the samples an update used,
         ``validation`` for the rollouts of the eval at that step. The same ``trace_id``
-        logged twice replaces the first."""
+        logged twice replaces the first. Written as :attr:`privacy` says
+        (:meth:`~agentrft.privacy.Redactor.trajectory_record`: redacted or text-free, without token ids)."""
         now = time.time()
         rows = []
-        for rec in records:
+        for rec in map(self._redactor.trajectory_record, records):
             reward = rec.get("reward")
             rows.append((int(step), rec.get("task_id"), rec.get("trace_id"), rec.get("group_index"),
                          None if reward is None else float(reward), now, json.dumps(rec, ensure_ascii=False), split))

@@ -11,7 +11,7 @@ for goes in one extension object, ``agentrft`` (``extra_body={"agentrft": {...}}
 * ``tools`` — ``{endpoints: [...], mcp_servers: [...]}``: HTTP tool endpoints (OpenAI Agent RFT wire
   format) and MCP servers that implement the rows' tools, reached under the server's egress policy;
 * ``config`` — native settings by section (``training``, ``rollout``, ``rft``, ``lora``, ``optim``,
-  ``dpo``, ``sinks``), e.g. ``{"training": {"max_steps": 3}}``.
+  ``dpo``, ``sinks``, ``privacy``), e.g. ``{"training": {"max_steps": 3}}``.
 
 Everything is checked here, before the job exists: a bad body is an OpenAI-style 400 naming the field,
 and a file that failed validation, or is in the wrong format for the method, refuses the job at creation.
@@ -40,7 +40,7 @@ HYPERPARAMETERS = {
     "reinforcement": ("batch_size", "learning_rate_multiplier", "n_epochs", "eval_interval", "eval_samples",
                       "compute_multiplier", "reasoning_effort"),
 }
-CONFIG_SECTIONS = ("training", "rollout", "rft", "lora", "optim", "dpo", "sinks")
+CONFIG_SECTIONS = ("training", "rollout", "rft", "lora", "optim", "dpo", "sinks", "privacy")
 """The native sections a client may set through ``agentrft.config`` (none of them holds a path)."""
 TOP_LEVEL = {"model", "training_file", "validation_file", "suffix", "seed", "metadata", "method",
              "hyperparameters", "integrations", "agentrft"}

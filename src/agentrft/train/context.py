@@ -21,6 +21,7 @@ from agentrft.jobs.lock import RunDirectoryLock
 from agentrft.jobs.store import RunStore
 from agentrft.models.policy import Policy
 from agentrft.rollout.sampler import Sampler
+from agentrft.runtime import RayRollouts
 from agentrft.tools.environment import EnvSpec
 from agentrft.train.weight_sync import LocalWeightSync, WeightSync
 from agentrft.types import Grade, TaskRow, Trajectory
@@ -49,6 +50,9 @@ class TrainContext:
     """This process's hold on ``run_dir`` (:mod:`agentrft.jobs.lock`), released when the job ends."""
     weight_sync: WeightSync = field(default_factory=LocalWeightSync)
     """Gets the policy's weights to ``sampler`` and knows the version it samples (:mod:`agentrft.train.weight_sync`)."""
+    rollout_workers: RayRollouts | None = None
+    """``runtime.backend: ray``: the run's rollout workers, opened by the first step
+    (:func:`agentrft.train.rollout_workers.ray_rollouts`) and closed when the run ends."""
 
 
 @dataclass

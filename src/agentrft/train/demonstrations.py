@@ -100,7 +100,11 @@ def mine_pairs(groups: list[list[tuple[Trajectory, float]]], min_margin: float =
 
 def pairs_from_records(records: list[dict[str, Any]], min_margin: float = 0.1) -> list[tuple[Trajectory, Trajectory]]:
     """DPO pairs from a run's logged samples (``RunStore.trajectories()`` records): one group per
-    (step, task), infra failures and unrewarded records left out, then :func:`mine_pairs`."""
+    (step, task), infra failures and unrewarded records left out, then :func:`mine_pairs`. A run stored with
+    ``privacy.store: redacted`` or ``none`` has no token ids to pair: :class:`~agentrft.privacy.TokensNotStoredError`."""
+    from agentrft.privacy import require_tokens
+
+    require_tokens(records, "DPO pairs from a run's samples (data.pairs_from_run)")
     groups: dict[tuple[int, str], list[tuple[Trajectory, float]]] = {}
     for rec in records:
         if rec.get("reward") is None:

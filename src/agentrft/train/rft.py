@@ -5,6 +5,7 @@
     advantages  per group (GRPO z-score, Dr.GRPO mean-centred, RLOO)
     loss        policy-gradient loss on sampled tokens only (PPO-clip, DAPO, GSPO)
     optimize    AdamW with grad clipping; non-finite steps are skipped
+    monitor     (``monitors.enabled``) hacking probes, drift, a held-out grader on the live rollouts
 
 Credit (``rft.credit``): by default the trajectory's reward reaches every
 sampled token of every turn (tool output and prompt tokens are masked out by
@@ -24,6 +25,7 @@ import torch
 
 from agentrft.algo.advantages import Credit, compute_advantages, is_zero_variance, turn_advantages
 from agentrft.algo.batch import collate_trajectories, num_assistant_turns
+from agentrft.algo.importance import ISCorrection, importance_stats, importance_weights
 from agentrft.algo.logprobs import token_logprobs, token_logprobs_and_entropy
 from agentrft.algo.losses import LossConfig, policy_loss
 from agentrft.config import JobConfig
@@ -34,7 +36,9 @@ from agentrft.rollout.collector import collect_episodes
 from agentrft.tools.environment import EnvSpec
 from agentrft.train.context import TrainContext
 from agentrft.train.demonstrations import cycle_batches
+from agentrft.train.monitors import Monitors
 from agentrft.train.optim import forward_positions, micro_batches, optimizer_step, shared_prefix
+from agentrft.train.rollout_workers import ray_rollouts
 from agentrft.types import TaskRow, Trajectory
 
 class GraderFailure(AgentRFTError):
@@ -62,11 +66,14 @@ def _flat(trajs: list[Trajectory], grades: list, k: int, group: int) -> bool:
 
 
 class RFTMethod:
+    monitors: Monitors | None = None
+    """The run's live monitors (``monitors.enabled``), built at its first step."""
+
     def prepare(self, cfg: JobConfig, policy: Policy, env: EnvSpec, train_rows: list[TaskRow]) -> list[TaskRow]:
         return list(train_rows)
 
     def step(self, ctx: TrainContext, batch: list[TaskRow], step: int) -> dict[str, float]:
-        cfg, policy = ctx.cfg, ctx.policy
+        cfg = ctx.cfg
         group = cfg.rft.group_size
 
         # 1-2. collect and grade; with rft.resample_rounds, tasks whose groups carry no signal are topped up
@@ -155,22 +162,31 @@ class RFTMethod:
             vals = [grades[i].sub_rewards.get(name, 0.0) for i in ok]
             metrics[f"reward/{name}"] = sum(vals) / n_ok
         metrics.update(train_stats)
+
+        # 6. live monitors: hacking probes, drift, a held-out grader; alerts are store events (train/monitors.py)
+        if cfg.monitors.enabled:
+            self.monitors = Monitors.for_run(ctx, reuse=self.monitors)
+            metrics.update(self.monitors.watch(step, trajs, grades, [rows[i // group] for i in range(len(trajs))]))
         return metrics
 
     def _collect(self, ctx: TrainContext, rows: list[TaskRow], rcfg, step: int):
         """Roll out ``group_size`` samples of each row and grade them (the step stores them once their
         advantages are known). Returns ``(rows, trajectories, grades, sampling_s, grading_s)``."""
         cfg, group = ctx.cfg, ctx.cfg.rft.group_size
+        workers = ray_rollouts(ctx) if cfg.runtime.backend == "ray" else None  # started by the first step
         t0 = time.perf_counter()
-        trajs = collect_episodes(rows, ctx.env.make_env, ctx.sampler, ctx.policy.chat_format, rcfg,
-                                 samples_per_task=group, batch_requests=cfg.sampler.backend == "local")
-        sampling_s = time.perf_counter() - t0
+        if workers is not None:  # rolled out and graded on the workers: grading overlaps the rollouts
+            trajs, grades = workers.collect(rows, rcfg, samples_per_task=group)
+            sampling_s, grading_s = time.perf_counter() - t0, 0.0
+        else:
+            trajs = collect_episodes(rows, ctx.env.make_env, ctx.sampler, ctx.policy.chat_format, rcfg,
+                                     samples_per_task=group, batch_requests=cfg.sampler.backend == "local")
+            sampling_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            grades = grade_all(ctx.grade, trajs, [rows[i // group] for i in range(len(trajs))])
+            grading_s = time.perf_counter() - t0
         for t in trajs:
             t.policy_version = ctx.weight_sync.version  # what sampled them (the sync pushes after each update)
-
-        t0 = time.perf_counter()
-        grades = grade_all(ctx.grade, trajs, [rows[i // group] for i in range(len(trajs))])
-        grading_s = time.perf_counter() - t0
         # sample_parse_error is the model's failure (e.g. no number in its answer); the budget is for grader faults.
         faults = [g for g in grades if any(v for k, v in g.errors.items() if k != "sample_parse_error")]
         error_rate = len(faults) / max(1, len(grades))
@@ -189,11 +205,14 @@ class RFTMethod:
                               clip_eps_high=cfg.rft.clip_eps_high, beta=cfg.rft.beta,
                               aggregation=cfg.rft.aggregation, max_tokens=cfg.rollout.max_total_tokens)
         mb = cfg.optim.micro_batch_size
+        correction = resolved_is_correction(cfg)
+        behaviour: dict[int, torch.Tensor] = {}  # micro-batch -> the trainer's logprobs at the update's start
+        is_totals: dict[str, float] = {}  # the sampler/trainer mismatch, measured once (first pass)
         totals: dict[str, float] = {}
         work = {"decoder_positions": 0.0, "decoder_tokens": 0.0}
         skipped = 0.0
         grad_norm = 0.0
-        for _ in range(cfg.rft.updates_per_batch):
+        for n_pass in range(cfg.rft.updates_per_batch):
             ctx.optimizer.zero_grad(set_to_none=True)
             n_seq = len(trajs)
             n_tok = sum(t.num_sampled_tokens for t in trajs)
@@ -204,7 +223,7 @@ class RFTMethod:
             positions, tokens = forward_positions(trajs, chunks, prefix)
             work["decoder_positions"] += positions
             work["decoder_tokens"] += tokens
-            for rows in chunks:
+            for c, rows in enumerate(chunks):
                 part = [trajs[i] for i in rows]
                 b = collate_trajectories(part, [advantages[i] for i in rows], pad_id=policy.pad_token_id).to(policy.device)
                 policy.model.train()
@@ -217,10 +236,17 @@ class RFTMethod:
                     with torch.no_grad(), policy.reference() as ref_model:
                         ref = token_logprobs(ref_model, b.input_ids, b.attention_mask, temperature=temperature,
                                              needed=b.loss_mask)
-                out = policy_loss(logp, b.old_logprobs, b.advantages, b.loss_mask, loss_cfg, ref_logprobs=ref,
-                                  entropy=entropy)
+                old, is_weights = b.old_logprobs, None
+                if correction is not None:  # decoupled PPO: ratio vs the trainer's own start-of-update logprobs
+                    old = behaviour.setdefault(c, logp.detach())  # first pass: these weights, so no extra forward
+                    is_weights = importance_weights(old, b.old_logprobs, b.loss_mask, correction, cfg.rft.is_cap)
+                out = policy_loss(logp, old, b.advantages, b.loss_mask, loss_cfg, ref_logprobs=ref,
+                                  entropy=entropy, weights=is_weights)
                 # Weight micro-batches so the step's loss equals one big batch's.
                 weight = float(b.loss_mask.sum()) / max(1, n_tok) if loss_cfg.aggregation == "token_mean" else len(part) / n_seq
+                if is_weights is not None and n_pass == 0:
+                    for k, v in importance_stats(old, b.old_logprobs, b.loss_mask, is_weights, cfg.rft.is_cap).items():
+                        is_totals[k] = is_totals.get(k, 0.0) + v * weight
                 loss = out.loss * weight
                 if not torch.isfinite(loss):
                     nonfinite = True
@@ -236,9 +262,25 @@ class RFTMethod:
                 skipped = 1.0
                 break
         totals = {k: v / max(1, cfg.rft.updates_per_batch) for k, v in totals.items()}
+        totals.update(is_totals)
         totals.update(work)  # summed over the passes: the decoder's work this step
         totals["shared_prefix_tokens"] = float(prefix.tokens if prefix is not None else 0)
         if skipped:
             totals["loss"] = float("nan")
         totals.update(skipped=skipped, grad_norm=grad_norm)
         return totals
+
+
+def resolved_is_correction(cfg: JobConfig) -> ISCorrection | None:
+    """``rft.is_correction``, its default resolved: ``token_truncate`` when another engine samples (a remote
+    sampler, asynchronous or not), none when the local sampler samples the trainer's own weights.
+
+    With a mode, :meth:`RFTMethod._update` is decoupled PPO (Hilton et al. 2022; :mod:`agentrft.algo.importance`):
+    the behaviour logprobs are the trainer's own at the start of the update (the first pass's, detached), the
+    clipped ratio runs against them, and each token's surrogate is weighted by the truncated
+    ``exp(behaviour - sampler)``. Without one (``off``) the ratio runs against the sampler's logprobs."""
+    if cfg.rft.is_correction == "off":
+        return None
+    if cfg.rft.is_correction is not None:
+        return ISCorrection(cfg.rft.is_correction)
+    return ISCorrection.TOKEN_TRUNCATE if cfg.rft.asynchronous or cfg.sampler.backend != "local" else None

@@ -93,11 +93,12 @@ def describe(changes: dict[str, tuple[Any, Any]]) -> list[str]:
     return [f"  {key}: {old!r} -> {new!r}" for key, (old, new) in changes.items()]
 
 
-def check_resume_config(run_dir: Path, saved: dict[str, Any], cfg: JobConfig, *,
-                        allow_change: bool) -> dict[str, tuple[Any, Any]]:
+def check_resume_config(run_dir: Path, saved: dict[str, Any], cfg: JobConfig, *, allow_change: bool,
+                        written: Callable[[Any], Any] = lambda config: config) -> dict[str, tuple[Any, Any]]:
     """The differences between the run's saved config and ``cfg``; refused (:class:`ConfigError`, listing
-    them) unless ``allow_change``."""
-    changes = config_changes(saved, cfg.model_dump(mode="json"))
+    them) unless ``allow_change``. ``written``: the form the store saves a config in (redacted under
+    ``privacy.store: redacted``), applied to both sides so a redacted value is not a difference."""
+    changes = config_changes(written(saved), written(cfg.model_dump(mode="json")))
     if changes and not allow_change:
         raise ConfigError("\n".join([
             f"cannot resume {run_dir}: the config differs from the one the run started with (saved in its run.db):",

@@ -21,6 +21,8 @@ What makes it operable:
   in a row stop the run with the last checkpoint intact;
 * a step without a learning signal is warned about and counted, and a run with none ends
   ``completed_no_signal`` (:mod:`agentrft.train.no_signal`);
+* a live monitor's alert with ``monitors.action: stop`` ends the run ``stopped`` after its step, that step
+  checkpointed (:mod:`agentrft.train.monitors`);
 * ``--resume`` keeps the run's saved config: another one is refused unless ``allow_config_change``
   (:mod:`agentrft.train.run_directory`); a run that never wrote a checkpoint does not block a plain re-run.
 """
@@ -42,7 +44,6 @@ import numpy as np
 import torch
 
 from agentrft.config import JobConfig, Method
-from agentrft.envs.registry import get_env
 from agentrft.errors import AgentRFTError, ConfigError
 from agentrft.evaluation import EVAL_BATCH_SIZE, evaluate_rows, summarize
 from agentrft.jobs.checkpoint import checkpoint_steps, load_latest_checkpoint, restore_checkpoint, save_checkpoint
@@ -54,14 +55,17 @@ from agentrft.jobs.store import DB_NAME, RunStore, hash_file, hash_json
 from agentrft.models.policy import Policy, build_policy
 from agentrft.rollout.hf_sampler import HFSampler
 from agentrft.tools.environment import EnvSpec
+from agentrft.tools.presentation import present_prompt
+from agentrft.train.audit_hooks import record_train_ended, record_train_started
 from agentrft.train.context import GradeFn, TrainContext, TrainerState, TrainingMethod
 from agentrft.train.demonstrations import cycle_batches, steps_per_epoch
+from agentrft.train.monitors import monitor_stop_message
 from agentrft.train.no_signal import no_signal_reason, run_warning, stop_message
 from agentrft.train.optim import build_optimizer
 from agentrft.train.run_directory import (HOLDS_A_RUN, check_resume_config, describe, remove_store,
                                           set_aside_unfinished_run)
+from agentrft.train.tasks import job_tasks
 from agentrft.train.weight_sync import build_weight_sync, start_sampling, stop_sampling, sync_weights
-from agentrft.types import TaskRow
 
 class TrainingStopped(AgentRFTError):
     """The run stopped on purpose (too many bad steps, grader error budget, ...)."""
@@ -124,18 +128,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def load_rows(env: EnvSpec | None, split: str, file: str | None, limit: int | None) -> list[dict]:
-    if file:
-        from agentrft.datasets import load_jsonl_dataset
-
-        rows = load_jsonl_dataset(file).rows
-    else:
-        if split not in env.splits:
-            raise ConfigError(f"environment {env.name!r} has no split {split!r}; splits: {', '.join(env.splits)}")
-        rows = env.load_split(split)
-    return rows[:limit] if limit else rows
 
 
 def data_files(cfg: JobConfig) -> list[tuple[str, str]]:
@@ -218,31 +210,6 @@ def _pin_cpu_matmul(cfg: JobConfig, store: RunStore) -> JobConfig:
     return cfg
 
 
-def _tasks(cfg: JobConfig, grade: GradeFn | None) -> tuple[EnvSpec, list[dict], list[dict], GradeFn]:
-    """The environment, training tasks, validation tasks and reward of the job.
-
-    Without ``data.env``, a job on data files runs its rows with their own tools (plus ``tools``
-    servers): :func:`~agentrft.envs.external.external_env_spec`, no prompt or tool of ours."""
-    d = cfg.data
-    name = d.env_name()
-    if name is not None:
-        env = get_env(name)
-        reward = _reward(cfg, env, grade)
-        train_rows = load_rows(env, d.train_split, _task_file(cfg), d.limit_train)
-        eval_rows = load_rows(env, d.eval_split, d.eval_file, d.limit_eval)[: cfg.training.eval_samples]
-        return env, train_rows, eval_rows, reward
-    from agentrft.envs.external import external_env_spec, load_tools_config
-
-    reward = _reward(cfg, None, grade) if (grade is not None or cfg.grader is not None) else _no_reward
-    file = _task_file(cfg)
-    train_rows = load_rows(None, d.train_split, file, d.limit_train) if file else []
-    if cfg.method == Method.RFT and not train_rows:
-        raise ConfigError("method 'rft' without data.env needs data.train_file (the tasks to roll out)")
-    eval_rows = load_rows(None, d.eval_split, d.eval_file, d.limit_eval) if d.eval_file else []
-    env = external_env_spec(train_rows, load_tools_config(cfg.tools), reward)
-    return env, train_rows, eval_rows[: cfg.training.eval_samples], reward
-
-
 def _check_reward_source(cfg: JobConfig, grade: GradeFn | None) -> None:
     """A job on data files without ``data.env`` has no grader of ours: RFT and its evals need the user's."""
     d = cfg.data
@@ -250,31 +217,6 @@ def _check_reward_source(cfg: JobConfig, grade: GradeFn | None) -> None:
     if d.env_name() is None and needs_reward and grade is None and cfg.grader is None:
         raise ConfigError("a job on your data files without data.env grades with your grader: set 'grader' (an "
                           "OpenAI grader spec), or name a built-in environment in data.env to use its grader")
-
-
-def _task_file(cfg: JobConfig) -> str | None:
-    """``data.train_file`` when it holds tasks (not the SFT demonstrations or DPO pairs themselves)."""
-    d = cfg.data
-    if cfg.method == Method.SFT and d.demonstrations_source() == d.train_file:
-        return None
-    if cfg.method == Method.DPO and d.pairs_source() == d.train_file:
-        return None
-    return d.train_file
-
-
-def _no_reward(trajectory, row):
-    raise ConfigError("this job has no grader (set 'grader' to evaluate it)")
-
-
-def _reward(cfg: JobConfig, env: EnvSpec | None, grade: GradeFn | None) -> GradeFn:
-    """The reward: a Python function from the caller, else the config's grader spec, else the environment's."""
-    if grade is not None and cfg.grader is not None:
-        raise ConfigError("give the reward either as a grader spec in the config or as a function, not both")
-    if cfg.grader is not None:
-        from agentrft.graders import load_grader
-
-        return load_grader(cfg.grader).grade  # (sample: Trajectory, item: row) -> Grade
-    return grade or env.grade
 
 
 def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, grade: GradeFn | None = None,
@@ -306,6 +248,7 @@ def setup(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None, g
             store, rebuilt = open_store_for_resume(run_dir, rebuild=rebuild_store)
         else:
             store, rebuilt = RunStore(run_dir), None
+        store.privacy = cfg.privacy  # everything the run writes passes through it (docs/privacy.md)
         try:
             return _setup_locked(cfg, run_dir, lock, store, invalid, resume=resume, model=model, tokenizer=tokenizer,
                                  grade=grade, log=log, rebuilt=rebuilt, allow_config_change=allow_config_change)
@@ -324,7 +267,8 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, store: 
                   rebuilt: str | None, allow_config_change: bool) -> tuple[TrainContext, TrainerState]:
     cfg = _pin_cpu_matmul(cfg, store)
     run = store.get_run()
-    changes = (check_resume_config(run_dir, run["resolved_config"], cfg, allow_change=allow_config_change)
+    changes = (check_resume_config(run_dir, run["resolved_config"], cfg, allow_change=allow_config_change,
+                                   written=store.written)
                if resume and run is not None else {})  # refused before anything is written
     if rebuilt:
         log(f"resume: {rebuilt}")
@@ -335,7 +279,8 @@ def _setup_locked(cfg: JobConfig, run_dir: Path, lock: RunDirectoryLock, store: 
                         {"file": path, "count": len(errors), "rows": [str(e) for e in errors]})
     seed_everything(cfg.seed)
 
-    env, train_rows, eval_rows, reward = _tasks(cfg, grade)
+    env, train_rows, eval_rows, reward = job_tasks(cfg, grade)
+    env, (train_rows, eval_rows) = present_prompt(cfg.prompt, env, train_rows, eval_rows)
     policy = build_policy(cfg, model, tokenizer)
     if cfg.init_from:
         _init_from(policy, Path(cfg.init_from))
@@ -391,6 +336,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     """
     ctx, state = setup(cfg, resume=resume, model=model, tokenizer=tokenizer, grade=grade, log=log,
                        rebuild_store=rebuild_store, allow_config_change=allow_config_change)
+    record_train_started(ctx, resume=resume, log=log)  # the audit log: :mod:`agentrft.train.audit_hooks`
     sinks = None
     try:
         sinks = open_sinks(ctx.cfg, ctx.run_dir, ctx.store, state.step)  # TensorBoard, W&B: never fail the run
@@ -399,7 +345,10 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
     finally:
         if sinks is not None:
             sinks.close()
+        if ctx.rollout_workers is not None:  # the Ray rollout workers of runtime.backend: ray
+            ctx.rollout_workers.close()
         stop_sampling(ctx)
+        record_train_ended(ctx, log)  # never fails the run
         ctx.lock.release()
         plot_finished_run(ctx.run_dir, log)  # RUN_DIR/metrics.png; never fails the run
     warning = run_warning(ctx.cfg.method, state.step, state.no_signal_steps, state.updates)
@@ -414,9 +363,10 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None],
     from tqdm import tqdm
 
     cfg = ctx.cfg
-    method = _methods()[cfg.method]
+    from agentrft.train.async_rft import AsyncRFTMethod  # rft.asynchronous: the next step samples while this trains
+    method = AsyncRFTMethod() if cfg.rft.asynchronous else _methods()[cfg.method]
     last_eval: dict | None = None
-    stopped_early = False
+    stopped_early, stop = False, None
     bar = tqdm(total=ctx.total_steps, initial=state.step, desc=f"{cfg.method.value}", unit="step", leave=False)
 
     def say(line: str) -> None:  # lines between the bars, never through them
@@ -430,17 +380,19 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None],
             t0 = time.perf_counter()
             metrics = method.step(ctx, batch, step)
             metrics.update(sync_weights(ctx))  # the sampler samples the updated weights from here on
+            metrics.update(ctx.rollout_workers.take_metrics() if ctx.rollout_workers else {})  # runtime/...
             metrics["step_time_s"] = time.perf_counter() - t0
             metrics["lr"] = ctx.scheduler.get_last_lr()[0]
             no_signal = no_signal_reason(cfg.method, batch, metrics)
             _record_step(ctx, state, step, metrics, no_signal, sinks)
-            evaluated = _eval_and_checkpoint(ctx, state, sinks)
+            stop = monitor_stop_message(ctx, step, metrics)  # monitors.action: stop: this step is the last
+            evaluated = _eval_and_checkpoint(ctx, state, sinks, last=stop is not None)
             last_eval = evaluated or last_eval
             say(_one_line(step, ctx.total_steps, metrics, evaluated))
             if no_signal:
                 say(f"warning: step {step} had no learning signal: {no_signal}")
             bar.update(1)
-            if _plateaued(ctx, state):
+            if stop or _plateaued(ctx, state):
                 stopped_early = True
                 break
         if last_eval is None:
@@ -459,9 +411,9 @@ def _train(ctx: TrainContext, state: TrainerState, log: Callable[[str], None],
         raise
     finally:
         bar.close()
-    status = "completed" if state.updates or not state.step else "completed_no_signal"
-    ctx.store.set_status(status, None if status == "completed" else
-                         run_warning(cfg.method, state.step, state.no_signal_steps, state.updates))
+    status = "stopped" if stop else "completed" if state.updates or not state.step else "completed_no_signal"
+    ctx.store.set_status(status, stop or (None if status == "completed" else
+                                          run_warning(cfg.method, state.step, state.no_signal_steps, state.updates)))
     return last_eval, stopped_early, status
 
 
@@ -495,11 +447,12 @@ def _record_step(ctx: TrainContext, state: TrainerState, step: int, metrics: dic
     state.step = step
 
 
-def _eval_and_checkpoint(ctx: TrainContext, state: TrainerState, sinks: MetricSinks) -> dict | None:
-    """Every ``eval_interval`` steps and at the last: eval on the validation rows and track the best reward;
-    on those steps, every ``checkpoint_interval`` steps and at the last: write a checkpoint. Returns the eval
-    summary when one ran."""
-    t, step, last = ctx.cfg.training, state.step, state.step == ctx.total_steps
+def _eval_and_checkpoint(ctx: TrainContext, state: TrainerState, sinks: MetricSinks,
+                         last: bool = False) -> dict | None:
+    """Every ``eval_interval`` steps and at the last (or ``last``: the live monitors stop the run here): eval on
+    the validation rows and track the best reward; on those steps, every ``checkpoint_interval`` steps and at the
+    last: write a checkpoint. Returns the eval summary when one ran."""
+    t, step, last = ctx.cfg.training, state.step, last or state.step == ctx.total_steps
     summary, metric = None, None
     if ctx.eval_rows and (step % t.eval_interval == 0 or last):
         summary = eval_policy(ctx, step)
