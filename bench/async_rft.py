@@ -25,9 +25,8 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -42,6 +41,7 @@ from agentrft.serving import ServerSettings, create_app, serve_in_background
 from agentrft.serving.adapters import enable_lora
 from agentrft.tools.environment import Environment, EnvSpec
 from agentrft.train.runner import run_job
+from async_rollouts import serve_function_calls  # bench/, beside this script
 
 TOOL_URL = "AGENTRFT_BENCH_TOOL_URL"
 """The environment variable that tells :func:`env_spec` (imported by name through ``data.env``) the tool URL."""
@@ -49,31 +49,8 @@ TOOL_URL = "AGENTRFT_BENCH_TOOL_URL"
 
 def start_tool_server(sleep_s: float) -> ThreadingHTTPServer:
     """An Agent RFT tool server on a free port: each POSTed function_call sleeps ``sleep_s``, then answers."""
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-            time.sleep(sleep_s)
-            body = json.dumps({"type": "function_call_output", "call_id": req["call_id"], "id": req["id"],
-                               "output": f"context of {req['item']['id']}: {req['arguments']}"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 256
-
-    server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve_function_calls(
+        lambda req: (sleep_s, f"context of {req['item']['id']}: {req['arguments']}"))
 
 
 def call_tool(row: dict, name: str, arguments: dict) -> str:

@@ -28,6 +28,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from agentrft.config import RolloutConfig
@@ -56,8 +57,9 @@ def latency(kind: str, seed: int, task: str, step: int) -> float:
     raise ValueError(kind)
 
 
-def start_tool_server(kind: str, seed: int) -> ThreadingHTTPServer:
-    """An Agent RFT tool server on 127.0.0.1 (a free port): POST a function_call, get a function_call_output."""
+def serve_function_calls(answer: Callable[[dict], tuple[float, str]]) -> ThreadingHTTPServer:
+    """An Agent RFT tool server on 127.0.0.1 (a free port): POST a function_call, get a function_call_output.
+    ``answer(request)`` gives the seconds to sleep first and the output text."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -67,10 +69,10 @@ def start_tool_server(kind: str, seed: int) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:
             req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-            step = json.loads(req["arguments"])["step"]
-            time.sleep(latency(kind, seed, req["item"]["id"], step))
+            sleep_s, output = answer(req)
+            time.sleep(sleep_s)
             body = json.dumps({"type": "function_call_output", "call_id": req["call_id"], "id": req["id"],
-                               "output": f"step {step} of {req['item']['id']} done"}).encode()
+                               "output": output}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -84,6 +86,16 @@ def start_tool_server(kind: str, seed: int) -> ThreadingHTTPServer:
     server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
+
+
+def start_tool_server(kind: str, seed: int) -> ThreadingHTTPServer:
+    """The scenario's tool server: each call sleeps its seeded latency, keyed by (task, step)."""
+
+    def answer(req: dict) -> tuple[float, str]:
+        step = json.loads(req["arguments"])["step"]
+        return latency(kind, seed, req["item"]["id"], step), f"step {step} of {req['item']['id']} done"
+
+    return serve_function_calls(answer)
 
 
 class ScriptedToolUser:

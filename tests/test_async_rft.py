@@ -25,16 +25,14 @@ from agentrft.algo.losses import LossConfig, policy_loss
 from agentrft.config import load_config
 from agentrft.errors import ConfigError
 from agentrft.jobs.store import RunStore
-from agentrft.models.chat_format import get_chat_format
-from agentrft.models.loading import load_model, save_tiny_model
-from agentrft.rollout.hf_sampler import HFSampler
-from agentrft.serving import ServerSettings, create_app, serve_in_background
-from agentrft.serving.adapters import enable_lora
+from agentrft.models.loading import save_tiny_model
+from agentrft.serving import serve_in_background
 from agentrft.train import runner
 from agentrft.train.async_rft import pending_path
 from agentrft.train.rft import resolved_is_correction
 from agentrft.train.runner import RunInterrupted, run_job
 from agentrft.train.weight_sync import AdapterPush
+from lora_support import lora_server_app
 
 # -- importance weights in the loss (tests/test_losses.py's fixture) ----------------------------------------
 
@@ -106,12 +104,9 @@ def model_dir(tmp_path_factory):
 @pytest.fixture
 def server(model_dir, tmp_path):
     """``(base_url, lora_root)``: ``agentrft serve`` over the base weights with LoRA hot-swap."""
-    model, tok = load_model(str(model_dir))
     root = tmp_path / "root"
     root.mkdir()
-    app = create_app(HFSampler(model, pad_token_id=tok.pad_token_id), get_chat_format(tok, "hermes"),
-                     ServerSettings(model_name="base", max_context=1024))
-    enable_lora(app, model, root)
+    app = lora_server_app(model_dir, root)
     with contextlib.ExitStack() as stack:
         yield stack.enter_context(serve_in_background(app)), root
 

@@ -238,6 +238,7 @@ def test_a_monitor_stops_a_run_whose_reward_is_hacked(tmp_path, tiny_model, monk
         assert result.steps == 3 and result.status == "stopped" and result.stopped_early
         run = store.get_run()
         assert run["status"] == "stopped" and "hacking_probes" in run["message"] and "step 3" in run["message"]
+        assert result.warning == run["message"]  # what `agentrft train` prints
         assert [c["step"] for c in store.checkpoints()] == [3]  # written although checkpoint_interval is 100
         assert store.metrics_frame("train")[3]["monitor/probe_hit_rate"] == 1.0
 

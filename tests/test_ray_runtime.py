@@ -16,23 +16,21 @@ import threading
 import time
 
 import pytest
+import ray
 
-ray = pytest.importorskip("ray")
-
-from agentrft.config import RolloutConfig, load_config  # noqa: E402
-from agentrft.config_sections import RuntimeConfig  # noqa: E402
-from agentrft.envs.registry import get_env  # noqa: E402
-from agentrft.errors import ConfigError  # noqa: E402
-from agentrft.jobs.store import RunStore  # noqa: E402
-from agentrft.models.chat_format import get_chat_format  # noqa: E402
-from agentrft.models.loading import load_model, save_tiny_model  # noqa: E402
-from agentrft.rollout.hf_sampler import HFSampler  # noqa: E402
-from agentrft.rollout.sampler import Completion  # noqa: E402
-from agentrft.runtime import RayRollouts, RayUnavailable, WorkerSpec, connect_ray  # noqa: E402
-from agentrft.serving import ServerSettings, create_app, serve_in_background  # noqa: E402
-from agentrft.serving.adapters import enable_lora  # noqa: E402
-from agentrft.train.rollout_workers import worker_tasks  # noqa: E402
-from agentrft.train.runner import run_job  # noqa: E402
+from agentrft.config import RolloutConfig, load_config
+from agentrft.config_sections import RuntimeConfig
+from agentrft.envs.registry import get_env
+from agentrft.errors import ConfigError
+from agentrft.jobs.store import RunStore
+from agentrft.models.chat_format import get_chat_format
+from agentrft.models.loading import save_tiny_model
+from agentrft.rollout.sampler import Completion
+from agentrft.runtime import RayRollouts, RayUnavailable, WorkerSpec, connect_ray
+from agentrft.serving import serve_in_background
+from agentrft.train.rollout_workers import worker_tasks
+from agentrft.train.runner import run_job
+from lora_support import lora_server_app
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -53,11 +51,8 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     """``(base_url, lora_root)``: ``agentrft serve`` over the base weights with LoRA hot-swap."""
-    model, tok = load_model(str(model_dir))
     root = tmp_path_factory.mktemp("lora-root")
-    app = create_app(HFSampler(model, pad_token_id=tok.pad_token_id), get_chat_format(tok, "hermes"),
-                     ServerSettings(model_name="base", max_context=1024))
-    enable_lora(app, model, root)
+    app = lora_server_app(model_dir, root)
     with serve_in_background(app) as base_url:
         yield base_url, root
 

@@ -25,11 +25,11 @@ from agentrft.models.loading import load_model, save_tiny_model
 from agentrft.rollout.hf_sampler import HFSampler
 from agentrft.rollout.openai_compat_sampler import OpenAICompatSampler
 from agentrft.rollout.sampler import SamplingParams
-from agentrft.serving import ServerSettings, create_app, serve_in_background
-from agentrft.serving.adapters import enable_lora
+from agentrft.serving import serve_in_background
 from agentrft.train import weight_sync
 from agentrft.train.runner import run_job
 from agentrft.train.weight_sync import AdapterPush, WeightSyncError
+from lora_support import lora_server_app
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
 ADAPTER = "toy-run"
@@ -44,12 +44,9 @@ def model_dir(tmp_path_factory):
 def server(model_dir, tmp_path):
     """``(base_url, lora_root, stop)``: ``agentrft serve`` over the base weights with ``--enable-lora
     --lora-root tmp_path/root``; ``stop()`` takes it down (the test's way to make the server go away)."""
-    model, tok = load_model(str(model_dir))
     root = tmp_path / "root"
     root.mkdir()
-    app = create_app(HFSampler(model, pad_token_id=tok.pad_token_id), get_chat_format(tok, "hermes"),
-                     ServerSettings(model_name="base", max_context=1024))
-    enable_lora(app, model, root)
+    app = lora_server_app(model_dir, root)
     with contextlib.ExitStack() as stack:
         base_url = stack.enter_context(serve_in_background(app))
         yield base_url, root, stack.close

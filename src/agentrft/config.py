@@ -474,6 +474,26 @@ def load_config(source: str | Path | dict[str, Any], overrides: dict[str, Any] |
         raise ConfigError(_format_validation_error(e, name)) from None
 
 
+def read_yaml_mapping(source: str | Path | dict[str, Any], kind: str) -> tuple[dict[str, Any], str, Path]:
+    """A YAML file (or a mapping given inline) that must be a mapping at the top level, for the configs beside the
+    job config (``kind``: "optimize config", "gate spec"). Returns ``(raw, name, folder)``: ``folder`` is the
+    file's, against which relative paths in it resolve (the cwd for a mapping). Errors are ConfigErrors."""
+    name, folder = "<dict>", Path.cwd()
+    if isinstance(source, (str, Path)):
+        name, folder = str(source), Path(source).resolve().parent
+        try:
+            raw = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read {kind} {source}: {e.strerror or e}") from None
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{kind} {source} is not valid YAML: {_one_line(e)}") from None
+    else:
+        raw = dict(source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{kind} {name} must be a mapping at the top level")
+    return raw, name, folder
+
+
 def _set_path(d: dict, dotted: str, value: Any) -> None:
     """Set ``a.b.c`` in nested mappings, creating sections; a key that runs through a value is an error."""
     keys = dotted.split(".")

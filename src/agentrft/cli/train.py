@@ -48,7 +48,8 @@ def train_cmd(config: str, resume: bool, rebuild_store: bool, allow_config_chang
     else:
         click.echo("validation evals were off (training.eval_samples: 0)")
     click.echo(f"run directory: {result.run_dir}  steps: {result.steps}"
-               + ("  (stopped early: validation plateau)" if result.stopped_early else "")
+               + ("  (stopped early: validation plateau)" if result.stopped_early and result.status != "stopped"
+                  else "")
                + (f"  status: {result.status}" if result.status != "completed" else "")
                + (f"  warning: {result.warning}" if result.warning else ""))
 

@@ -37,10 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agentrft.config import RolloutConfig, _format_validation_error
+from agentrft.config import RolloutConfig, _format_validation_error, read_yaml_mapping
 from agentrft.errors import ConfigError
 from agentrft.evaluation import GradedRollout, is_correct, paired_accuracy, summarize
 from agentrft.types import ToolErrorKind, Trajectory
@@ -161,19 +160,7 @@ class GateSpec(BaseModel):
 
 def load_gate_spec(source: str | Path | dict[str, Any]) -> GateSpec:
     """A gate spec from YAML (paths in it resolved against its folder) or a mapping (against the cwd)."""
-    name, folder = "<dict>", Path.cwd()
-    if isinstance(source, (str, Path)):
-        name, folder = str(source), Path(source).resolve().parent
-        try:
-            raw = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"cannot read gate spec {source}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"gate spec {source} is not valid YAML: {e}") from None
-    else:
-        raw = dict(source)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"gate spec {name} must be a mapping at the top level")
+    raw, name, folder = read_yaml_mapping(source, "gate spec")
     try:
         spec = GateSpec.model_validate(raw)
     except ValidationError as e:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agentrft.config import JobConfig, PromptConfig, _format_validation_error, load_config
+from agentrft.config import JobConfig, PromptConfig, _format_validation_error, load_config, read_yaml_mapping
 from agentrft.errors import ConfigError
 from agentrft.evaluation import GradedRollout, evaluate_rows, is_correct, paired_accuracy, summarize, \
     write_eval_outputs
@@ -89,19 +89,7 @@ class OptimizeConfig(BaseModel):
 
 def load_optimize_config(source: str | Path | dict[str, Any]) -> tuple[OptimizeConfig, JobConfig, dict[str, Any]]:
     """The optimize config, its job and the job's raw mapping (``best.yaml`` starts from it)."""
-    name, folder = "<dict>", Path.cwd()
-    if isinstance(source, (str, Path)):
-        name, folder = str(source), Path(source).resolve().parent
-        try:
-            raw = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"cannot read optimize config {source}: {e.strerror or e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"optimize config {source} is not valid YAML: {e}") from None
-    else:
-        raw = dict(source)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"optimize config {name} must be a mapping at the top level")
+    raw, name, folder = read_yaml_mapping(source, "optimize config")
     try:
         cfg = OptimizeConfig.model_validate(raw)
     except ValidationError as e:

@@ -67,6 +67,9 @@ def main(argv: list[str]) -> int:
     except Exception as e:  # a bug or a resource failure: recorded, never a silent 'running'
         _fail(db, job_id, "internal_error", f"{type(e).__name__}: {e}")
         raise
+    if result.status == "stopped":  # a live monitor stopped the run (monitors.action: stop): not a success
+        _fail(db, job_id, "monitor_stopped", result.warning or "a live monitor stopped the run")
+        return 1
     with RunStore(run_dir) as store:
         tokens = sum(int(m["value"]) for m in store.metrics(name="tokens_trained", split="train")
                      if m["value"] == m["value"])

@@ -352,6 +352,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, model=None, tokenizer=None,
         ctx.lock.release()
         plot_finished_run(ctx.run_dir, log)  # RUN_DIR/metrics.png; never fails the run
     warning = run_warning(ctx.cfg.method, state.step, state.no_signal_steps, state.updates)
+    if status == "stopped":  # a live monitor's stop: its message, as the store holds it
+        warning = (ctx.store.get_run() or {}).get("message") or warning
     return RunResult(ctx.run_dir, state.step, last_eval, state.best_eval_reward, stopped_early, ctx.policy, status,
                      state.no_signal_steps, warning)
 
