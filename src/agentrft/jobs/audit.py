@@ -260,8 +260,9 @@ def run_lineage_fields(run_dir: str | os.PathLike[str], store: RunStore | None =
 
 
 def weights_hash(run_dir: str | os.PathLike[str]) -> str | None:
-    """A hash of the latest checkpoint's weight files (``model.safetensors`` or ``adapter/*``), read from the
-    sha256 its manifest recorded; None when the run has no checkpoint."""
+    """A hash of the latest checkpoint's weight files (``model.safetensors`` or ``adapter/*``), from the sha256
+    its manifest recorded: the canonical JSON ``{relative path: sha256}``, the same id the model registry gives
+    these weights (:func:`agentrft.jobs.registry_store.weights_sha256`); None when the run has no checkpoint."""
     root = Path(run_dir) / "checkpoints"  # jobs.checkpoint's layout; read without importing torch
     try:
         name = (root / "latest").read_text().strip()
@@ -271,7 +272,7 @@ def weights_hash(run_dir: str | os.PathLike[str]) -> str | None:
     files = manifest.get("files") or {}
     weights = {k: v.get("sha256") for k, v in files.items()
                if k == "model.safetensors" or k.startswith("adapter/")}
-    return hash_json({"step": manifest.get("step"), "files": weights}) if weights else None
+    return hash_json(weights) if weights else None
 
 
 SUMMARY_METRICS = ("reward_mean", "accuracy", "tool_calls_per_rollout", "tool_error_rate", "n_rollouts")
