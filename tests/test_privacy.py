@@ -343,3 +343,16 @@ def test_full_and_none_controls(tmp_path, tiny_model, monkeypatch):
         (rec, _) = store.trajectories()
     assert rec["messages"][0] == {"role": "user"} and rec["tool_calls"][0]["name"] == "lookup_account"
     assert rec["tool_calls"][0]["arguments"] == {} and rec["reward"] == 1.0 and "REDACTED" not in json.dumps(rec)
+
+
+def test_a_request_log_that_cannot_be_written_says_so_once_and_never_fails_the_request(tmp_path, capsys):
+    from agentrft.privacy import Redactor
+    from agentrft.serving.request_log import RequestLog
+
+    blocked = tmp_path / "log.jsonl"
+    blocked.mkdir()  # a folder where the file should be: every append fails
+    log = RequestLog(None, blocked, Redactor.from_config({"store": "redacted"}))
+    for _ in range(3):
+        log.write({"method": "POST", "path": "/v1/chat/completions"}, 200, 0.01, b"{}", b"{}")
+    assert log.failures == 3
+    assert capsys.readouterr().err.count("cannot be written") == 1

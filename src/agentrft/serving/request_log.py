@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ class RequestLog:
         self.app, self.path, self.privacy = app, Path(path), privacy
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.failures = 0
+        """Lines that could not be written (a full disk, an unwritable file); the first is said on stderr."""
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope.get("method") != "POST":
@@ -76,8 +79,11 @@ class RequestLog:
             text = json.dumps(line, ensure_ascii=False) + "\n"
             with self._lock, open(self.path, "a", encoding="utf-8") as f:
                 f.write(text)
-        except (OSError, TypeError, ValueError):
-            pass
+        except (OSError, TypeError, ValueError) as e:
+            self.failures += 1
+            if self.failures == 1:  # said once on the server's log; counted on the object for health checks
+                print(f"agentrft serve: the request log {self.path} cannot be written ({type(e).__name__}: {e}); "
+                      "requests are answered but not logged", file=sys.stderr, flush=True)
 
     def _bodies(self, request: bytes, response: bytes) -> dict[str, Any]:
         req, resp = _parsed(request), _parsed(response)
