@@ -95,13 +95,22 @@ def serve_in_background(app: FastAPI, host: str = "127.0.0.1", start_timeout_s: 
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="agentrft-uvicorn", daemon=True)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run()
+        except SystemExit as e:  # uvicorn exits when it cannot start (e.g. cannot bind): the cause, for the caller
+            failure.append(e.__context__ or e)
+
+    thread = threading.Thread(target=run, name="agentrft-uvicorn", daemon=True)
     thread.start()
     deadline = time.time() + start_timeout_s
     while not server.started:
         if not thread.is_alive() or time.time() > deadline:
             server.should_exit = True
-            raise AgentRFTError(f"the server did not start on {host} within {start_timeout_s:.0f} s")
+            why = f": {failure[0]}" if failure else f" within {start_timeout_s:.0f} s"
+            raise AgentRFTError(f"the server did not start on {host}{why}")
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
