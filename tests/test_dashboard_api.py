@@ -33,12 +33,13 @@ pytestmark = pytest.mark.slow
 
 
 def build_runs(root: Path, tiny_model) -> Path:
-    """``root/rft-a`` and ``root/rft-b`` (real tiny RFT runs, 3 steps) and ``root/big`` (10,000 trajectories)."""
+    """``root/rft-a`` and ``root/rft-b`` (real tiny RFT runs, 3 steps; rft-b stored with ``privacy.store:
+    redacted``) and ``root/big`` (10,000 trajectories)."""
     from agentrft.train.runner import run_job
 
     model, tok = tiny_model
-    for name, seed in (("rft-a", 0), ("rft-b", 1)):
-        cfg = load_config({**TINY_RFT, "seed": seed, "out_dir": str(root / name)})
+    for name, seed, store in (("rft-a", 0, "full"), ("rft-b", 1, "redacted")):
+        cfg = load_config({**TINY_RFT, "seed": seed, "out_dir": str(root / name), "privacy": {"store": store}})
         run_job(cfg, model=copy.deepcopy(model), tokenizer=tok, log=lambda s: None)
     bench.write_synthetic_run(root / "big", BIG, steps=50, tokens=40)
     (root / "not-a-run").mkdir()
@@ -131,6 +132,10 @@ def test_trajectories_of_a_real_run_carry_grade_advantage_and_tokens(api, runs_r
     assert isinstance(rec["advantage"], float) and one["advantage"] == pytest.approx(rec["advantage"])
     for kind, adv in zip(one["tokens"]["kinds"], one["tokens"]["advantages"]):
         assert (adv == pytest.approx(rec["advantage"])) if kind == "sampled" else adv is None
+    assert one["tokens"]["withheld"] is None
+    private = api.get("/dashboard/api/runs/rft-b/trajectories", params={"limit": 1}).json()["data"][0]
+    withheld = api.get(f"/dashboard/api/runs/rft-b/trajectories/{private['id']}").json()["tokens"]
+    assert withheld["withheld"] == "redacted" and withheld["ids"] == []  # the page says why, not "Tokens (0)"
     val = api.get("/dashboard/api/runs/rft-a/trajectories", params={"split": "validation"}).json()
     assert val["total"] == 4 and {t["step"] for t in val["data"]} == {2, 3}
     assert all(t["advantage"] is None for t in val["data"])

@@ -239,7 +239,9 @@ def get_trajectory(run_id: str, trajectory_id: str, request: Request) -> dict[st
     text, decode_error = TOKENIZERS.pieces(ref.model, ids)
     tokens = {"ids": ids, "kinds": kinds, "logprobs": record.get("logprobs") or [],
               "advantages": queries.token_advantages(kinds, record.get("advantage")),
-              "text": text, "tokenizer": ref.model, "decode_error": decode_error}
+              "text": text, "tokenizer": ref.model, "decode_error": decode_error,
+              # a run stored with privacy.store redacted|none keeps no token ids (they decode to the text)
+              "withheld": (record.get("metadata") or {}).get("privacy_store")}
     keep = ("id", "step", "split", "task_id", "trace_id", "group_index", "reward", "advantage", "stop_reason",
             "turns", "timings", "metadata", "messages", "tool_calls", "errors", "grade")
     body = {k: record.get(k) for k in keep}

@@ -475,7 +475,8 @@
     const legend = el("div", { class: "legend" }, ["prompt", "sampled", "env"].map((k) =>
       el("span", {}, el("span", { class: "tok k-" + k, text: k }), ` ${counts[k] || 0}`)),
       el("span", { class: "muted", text: "hover a token for its id, logprob and advantage; underline: advantage > 0 green, < 0 red" }));
-    const note = tok.decode_error ? el("p", { class: "muted", text: `Showing token ids: ${tok.decode_error}` }) : null;
+    const note = tok.withheld ? el("p", { class: "muted", id: "tokens-withheld", text: `No token ids: this run stored its trajectories with privacy.store: ${tok.withheld} (token ids decode to the text they stand for)` })
+      : tok.decode_error ? el("p", { class: "muted", text: `Showing token ids: ${tok.decode_error}` }) : null;
     const box = el("div", { class: "tokens", id: "tokens" });
     box.append(frag);
     return el("div", { class: "panel" }, el("h2", { text: `Tokens (${tok.ids.length})` }), legend, note, box);
