@@ -321,3 +321,21 @@ def test_a_winning_variant_becomes_best_yaml_and_reproduces(tokenizer, tmp_path)
 def test_the_example_config_loads():
     cfg, job, _ = load_optimize_config(Path(__file__).resolve().parents[1] / "examples/optimize/finance.yaml")
     assert isinstance(cfg, OptimizeConfig) and cfg.variants and job.data.env_name() == "finance"
+
+
+def test_variant_evals_are_written_as_the_jobs_privacy_section_says(tokenizer, tmp_path):
+    from agentrft.envs.finance import load_split
+    from agentrft.models.chat_format import get_chat_format
+
+    cf = get_chat_format(tokenizer, "hermes")
+    sampler = AnswersUnderOnePrompt(tokenizer, load_split("validation"), magic="MAGIC-WORD")
+    cfg, job, raw = load_optimize_config({
+        "base": {"method": "rft", "data": {"env": "finance"}, "rollout": {"max_turns": 2},
+                 "privacy": {"store": "redacted"}}, "limit": 2,
+        "variants": [{"name": "magic", "system_prompt": "MAGIC-WORD. Contact ops@example.com."}]})
+    run_optimize(cfg, job, raw, sampler, cf, tmp_path / "out")
+    for variant in ("baseline", "magic"):
+        for t in _trajectories(tmp_path / "out", variant):
+            assert t["metadata"]["privacy_store"] == "redacted" and not t.get("token_ids")
+    written = (tmp_path / "out" / "variants" / "magic" / "trajectories.jsonl").read_text()
+    assert "MAGIC-WORD" in written and "ops@example.com" not in written

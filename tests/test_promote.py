@@ -35,14 +35,15 @@ STRING_CHECK = {"type": "string_check", "name": "same", "input": "{{sample.outpu
 
 
 def _make_run(root: Path, base: Path, name: str, adapter: dict[str, torch.Tensor] | None = None,
-              scale: float = 0.0, seed: int = 0) -> tuple[Path, dict[str, torch.Tensor]]:
+              scale: float = 0.0, seed: int = 0, privacy: str = "full") -> tuple[Path, dict[str, torch.Tensor]]:
     """A run directory with one checkpoint of a LoRA adapter: ``adapter`` (every LoRA tensor) if given, else
     peft's initial A matrices and random B matrices of ``scale``; returns it and the adapter's tensors."""
     from agentrft.models.policy import build_policy
 
     run_dir = root / name
     cfg = load_config({"method": "rft", "model": str(base), "out_dir": str(run_dir), "data": {"env": "toy"},
-                       "lora": {"enabled": True, "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]}})
+                       "lora": {"enabled": True, "r": 4, "target_modules": ["q_proj", "v_proj", "down_proj"]},
+                       "privacy": {"store": privacy}})
     with RunStore(run_dir) as store:
         store.create_run(name, "rft", cfg.model_dump(mode="json"), {}, 0.0)
     policy = build_policy(cfg)
@@ -70,7 +71,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("promote")
     base = save_tiny_model(root / "model")
     run_a, a = _make_run(root, base, "a", scale=0.5, seed=1)
-    run_b, _ = _make_run(root, base, "b", scale=8.0, seed=2)
+    run_b, _ = _make_run(root, base, "b", scale=8.0, seed=2, privacy="redacted")
     run_c, _ = _make_run(root, base, "c", adapter={k: v + 1e-6 for k, v in a.items()})
     (root / "grader.json").write_text(json.dumps(STRING_CHECK))
     rows = [{"id": f"t{i}", "messages": [{"role": "user", "content": p}], "category": "xy"[i % 2]}
@@ -133,6 +134,9 @@ def test_gate_promotes_refuses_and_rollback_restores_the_exact_weights(world, tm
     assert not (home / ".registry-staging").exists()
     report = json.loads((tmp_path / "gate-b" / "gate.json").read_text())
     assert report["passed"] is False and report["candidate"]["accuracy"] < report["current"]["accuracy"] == 1.0
+    for label in ("candidate", "current"):  # the gate's evals are written as run B's privacy section says
+        lines = (tmp_path / "gate-b" / label / "trajectories.jsonl").read_text().splitlines()
+        assert lines and all(json.loads(x)["metadata"]["privacy_store"] == "redacted" for x in lines)
 
     # (c) a passing run is promoted; rollback restores A's exact weights, instantly
     res = _promote(world, "c", home)

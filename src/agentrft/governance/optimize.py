@@ -43,6 +43,7 @@ from agentrft.governance.proposer import ProposalError, ProposerConfig, build_pr
 from agentrft.governance.report import failure_breakdown, markdown_report, paired_reward_difference, verdict
 from agentrft.governance.variants import BASELINE, Variant, apply_variant, variant_rollout
 from agentrft.models.chat_format import ChatFormat
+from agentrft.privacy import Redactor
 from agentrft.rollout.episode import tools_for_row
 from agentrft.rollout.sampler import Sampler
 from agentrft.tools.presentation import present_prompt
@@ -167,13 +168,14 @@ def run_optimize(cfg: OptimizeConfig, job: JobConfig, job_raw: dict[str, Any], s
     if not rows:
         raise ConfigError("no tasks to measure on")
     results: dict[str, tuple[Variant | None, list[GradedRollout], dict]] = {}
+    privacy = Redactor.from_config(job.privacy)
 
     def measure(variant: Variant | None) -> None:
         name = BASELINE if variant is None else variant.name
         log(f"measuring {name} on {len(rows)} tasks")
         graded, summary = evaluate_variant(job, variant, sampler, chat_format, tasks=(env, rows))
         results[name] = (variant, graded, summary)
-        write_eval_outputs(out / "variants" / name, graded, summary)
+        write_eval_outputs(out / "variants" / name, graded, summary, privacy)  # as the job's runs would write
 
     measure(None)
     for v in cfg.variants:

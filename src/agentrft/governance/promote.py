@@ -29,7 +29,8 @@ from agentrft.evaluation import GradedRollout, evaluate_rows, summarize, write_e
 from agentrft.governance.gate import GateCheck, GateSpec, gate_checks, gate_tasks, load_gate_spec, probe_score
 from agentrft.governance.registry import ModelRegistry
 from agentrft.jobs.registry_store import RegistryEntry, RegistryError, load_registered, valid_alias
-from agentrft.jobs.store import hash_json
+from agentrft.jobs.store import RunStore, hash_json
+from agentrft.privacy import Redactor
 
 __all__ = ["GateReport", "gate_eval", "promote"]
 
@@ -154,4 +155,11 @@ def _write(out: Path, report: GateReport, candidate: list[GradedRollout] | None,
     for label, graded, summary in (("candidate", candidate, report.candidate_summary),
                                    ("current", baseline, report.current_summary)):
         if graded is not None:
-            write_eval_outputs(out / label, graded, summary)
+            write_eval_outputs(out / label, graded, summary, _run_privacy(report.run_dir))
+
+
+def _run_privacy(run_dir: str | Path) -> Redactor:
+    """What the candidate run writes of the text it sees (its ``privacy`` section): the gate's evals are written
+    the same way."""
+    with RunStore(run_dir) as store:
+        return store.privacy
