@@ -45,15 +45,15 @@ import json
 import math
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal
 
 from agentrft.config_sections import PrivacyConfig
 from agentrft.errors import AgentRFTError
+from agentrft.jobs.sqlite_file import SQLiteFile
 from agentrft.privacy import Redactor
 
 SCHEMA_VERSION = 2
@@ -166,14 +166,12 @@ class RunStore:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.run_dir / DB_NAME
-        self._lock = threading.RLock()
-        self._pid = -1
-        self._connection: sqlite3.Connection | None = None
-        with self._lock:
+        self._db = SQLiteFile(self.db_path, foreign_keys=True)
+        with self._db.lock:
             # executescript runs its own statements, so the transaction is spelled out in the
             # script: two processes opening a fresh run_dir at once still create it once.
             try:
-                self._conn().executescript(
+                self._db.script(
                     f"BEGIN IMMEDIATE;{_SCHEMA}"
                     f"INSERT INTO schema_version (version) SELECT {SCHEMA_VERSION}"
                     " WHERE NOT EXISTS (SELECT 1 FROM schema_version);COMMIT;")
@@ -227,40 +225,15 @@ class RunStore:
                 db.execute("ALTER TABLE trajectories ADD COLUMN split TEXT NOT NULL DEFAULT 'train'")
             db.execute("UPDATE schema_version SET version = 2")
 
-    # -- connection ----------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        if self._connection is None or self._pid != os.getpid():
-            # A connection must not cross a fork: the child opens its own.
-            conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._connection, self._pid = conn, os.getpid()
-        return self._connection
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction under the lock: it commits whole or rolls back."""
-        with self._lock:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    # -- connection: one per process, statements under a lock (jobs/sqlite_file.py) ----------
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._db.transaction()
 
     def _query(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn().execute(sql, params).fetchall()
+        return self._db.rows(sql, params)
 
     def close(self) -> None:
-        with self._lock:
-            if self._connection is not None and self._pid == os.getpid():
-                self._connection.close()
-            self._connection = None
+        self._db.close()
 
     def __enter__(self) -> "RunStore":
         return self

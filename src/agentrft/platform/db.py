@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
+
+from agentrft.jobs.sqlite_file import SQLiteFile
 
 DB_NAME = "platform.db"
 
@@ -89,43 +90,18 @@ class PlatformDB:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / DB_NAME
-        self._lock = threading.RLock()
-        self._conn_: sqlite3.Connection | None = None
-        self._pid = -1
-        with self._lock:
-            self._conn().executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
+        self._db = SQLiteFile(self.path)
+        self._db.script(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._conn_ is None or self._pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn_, self._pid = conn, os.getpid()
-        return self._conn_
-
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction: it commits whole or not at all."""
-        with self._lock:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        return self._db.transaction()
 
     def query(self, sql: str, params: tuple | list = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return [_decode(r) for r in self._conn().execute(sql, params).fetchall()]
+        return [_decode(r) for r in self._db.rows(sql, params)]
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn_ is not None and self._pid == os.getpid():
-                self._conn_.close()
-            self._conn_ = None
+        self._db.close()
 
     # -- files -----------------------------------------------------------------------
     def insert_file(self, row: Mapping[str, Any]) -> None:
