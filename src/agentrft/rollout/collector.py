@@ -53,7 +53,7 @@ from agentrft.tools.environment import Environment
 from agentrft.tools.guardrails import Guardrails
 from agentrft.types import TaskRow, Trajectory
 
-__all__ = ["episode_seed", "run_episodes_concurrently"]
+__all__ = ["episode_seed", "play_episode", "run_episodes_concurrently"]
 
 
 def episode_seed(config: RolloutConfig, episode: int, turn: int) -> int | None:
@@ -95,6 +95,20 @@ class _EngineSampler:
         self.engine.sampler.release()
 
 
+def play_episode(row: TaskRow, k: int, episode: int, make_env: Callable[[TaskRow], Environment | None],
+                 sampler: Sampler, chat_format: ChatFormat, config: RolloutConfig,
+                 guardrails: Guardrails | None = None) -> Trajectory:
+    """Sample ``k`` of ``row`` played to its end on its own: episode ``episode`` (task-major index) of a
+    collection, each turn seeded by :func:`episode_seed`. The per-episode collector and the Ray rollout
+    workers (:mod:`agentrft.runtime`) play every rollout this way, so both draw the same tokens."""
+    lv = start_episode(row, k, make_env, chat_format, config, guardrails)
+    turn = 0
+    while not lv.done:
+        turn += 1
+        advance_episodes([lv], sampler, chat_format, config, turn, episode_seed(config, episode, turn))
+    return lv.traj
+
+
 def run_episodes_concurrently(
     tasks: list[TaskRow],
     make_env: Callable[[TaskRow], Environment | None],
@@ -130,15 +144,11 @@ def run_episodes_concurrently(
 
     def episode(index: int) -> Trajectory:
         row, k = episodes[index]
-        lv = start_episode(row, k, make_env, chat_format, config, guardrails)
-        turn = 0
-        while not lv.done:
-            turn += 1
-            advance_episodes([lv], turn_sampler, chat_format, config, turn, episode_seed(config, index, turn))
+        traj = play_episode(row, k, index, make_env, turn_sampler, chat_format, config, guardrails)
         if on_finished is not None:
             with report:
-                on_finished(lv.traj)
-        return lv.traj
+                on_finished(traj)
+        return traj
 
     try:
         workers = min(max_concurrent_episodes, len(episodes))

@@ -13,7 +13,7 @@ openai_compat|vllm``) or the trainer's own policy served on a loopback port
 
 One task is one rollout: ``(row, sample index k, episode index)``. A worker
 plays it with the episode loop's own turns and the per-episode collector's
-seeds (:func:`~agentrft.rollout.collector.episode_seed`), grades it, and
+seeds (:func:`~agentrft.rollout.collector.play_episode`), grades it, and
 returns ``(trajectory dict, grade dict)``. Each turn is its own request with
 its own seed, so a rollout draws the same tokens on any worker, however the
 others are timed: a Ray step equals the in-process ``rollout.mode:
@@ -51,8 +51,7 @@ from agentrft.config_sections import RuntimeConfig
 from agentrft.errors import AgentRFTError
 from agentrft.evaluation import grade_safely
 from agentrft.models.chat_format import ChatFormat
-from agentrft.rollout.collector import episode_seed
-from agentrft.rollout.episode import advance_episodes, start_episode
+from agentrft.rollout.collector import play_episode
 from agentrft.rollout.openai_compat_sampler import OpenAICompatSampler
 from agentrft.rollout.sampler import Sampler
 from agentrft.runtime.loopback import LoopbackServer, SamplerEndpoint
@@ -109,14 +108,10 @@ class RolloutWorker:
 
     def rollout(self, task: RolloutTask, config: RolloutConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         """Play and grade one rollout: the per-episode collector's turns and seeds, on this worker."""
-        lv = start_episode(task.row, task.sample, self.make_env, self.chat_format, config)
-        turn = 0
-        while not lv.done:
-            turn += 1
-            advance_episodes([lv], self.sampler, self.chat_format, config, turn,
-                             episode_seed(config, task.episode, turn))
-        grade = grade_safely(self.grade, lv.traj, task.row)
-        return lv.traj.to_dict(), dataclasses.asdict(grade)
+        traj = play_episode(task.row, task.sample, task.episode, self.make_env, self.sampler, self.chat_format,
+                            config)
+        grade = grade_safely(self.grade, traj, task.row)
+        return traj.to_dict(), dataclasses.asdict(grade)
 
 
 def connect_ray(runtime: RuntimeConfig) -> bool:

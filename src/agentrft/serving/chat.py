@@ -43,7 +43,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -86,16 +86,24 @@ class _Plan:
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """A chat completion, or its stream of chunks; refusals and failures as OpenAI's error JSON."""
+    return await answer_or_error(_complete(request), "chat completion")
+
+
+async def answer_or_error(answer: Awaitable[Response], what: str) -> Response:
+    """``answer``'s response, with what can go wrong on the way as OpenAI's error JSON (the chat and the
+    token-level completions routes share it): a client gone while its body was read gets 499 logged, an
+    adapter unloaded between the request's check and its batch a 404, anything else (e.g. the sampler
+    failed) a 500 for this request while the server keeps serving."""
     try:
-        return await _complete(request)
+        return await answer
     except APIError:
         raise
-    except ClientDisconnect:  # gone while its body was being read
+    except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except AdapterNotLoaded as e:  # unloaded between the request's check and its batch
+    except AdapterNotLoaded as e:
         raise APIError(404, str(e), param="model", code="model_not_found") from None
-    except Exception as e:  # e.g. the sampler failed: this request gets a 500, the server keeps serving
-        logger.exception("chat completion failed")
+    except Exception as e:
+        logger.exception("%s failed", what)
         raise APIError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from None
 
 

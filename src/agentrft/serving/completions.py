@@ -38,11 +38,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import ClientDisconnect
 
 from agentrft.rollout.sampler import Completion
-from agentrft.serving.adapters import AdapterNotLoaded, adapter_for
-from agentrft.serving.chat import CLIENT_CLOSED_REQUEST, busy, read_body, unless_disconnected
+from agentrft.serving.adapters import adapter_for
+from agentrft.serving.chat import CLIENT_CLOSED_REQUEST, answer_or_error, busy, read_body, unless_disconnected
 from agentrft.serving.engine import QueueFull
 from agentrft.serving.protocol import APIError, ServerSettings, parse_json_body, token_usage
 
@@ -98,17 +97,7 @@ class _Plan:
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     """A completion per prompt (and per ``n``), token ids and logprobs included; errors as OpenAI's JSON."""
-    try:
-        return await _complete(request)
-    except APIError:
-        raise
-    except ClientDisconnect:
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except AdapterNotLoaded as e:  # unloaded between the request's check and its batch
-        raise APIError(404, str(e), param="model", code="model_not_found") from None
-    except Exception as e:  # the sampler failed: this request gets a 500, the server keeps serving
-        logger.exception("completion failed")
-        raise APIError(500, f"generation failed: {type(e).__name__}: {e}", kind="server_error") from None
+    return await answer_or_error(_complete(request), "completion")
 
 
 async def _complete(request: Request) -> Response:
